@@ -1,0 +1,354 @@
+"""Few-shot probes: fit a classical estimator on n labelled chips and score it on a fixed held-out split.
+
+A *task* is a label column of the chip store (`core.modalities.LABEL_TASKS`: fractions in [0, 1], NaN
+unknown). The protocol, deterministic given `seed`:
+
+1. `split_pool_test` splits the chips with a finite label and finite features once into a training
+   pool and a held-out test set (the same split for every budget, estimator and feature set that
+   shares the mask and seed).
+2. For a budget n, each of `repeats` draws takes n random chips from the pool, fits the estimator and
+   scores it on the whole test set; metrics are the mean and std over draws. Budget `None` ("all")
+   is the full-label reference: the whole pool, one draw.
+
+Estimators: `ridge` (closed form via one SVD per draw, alpha chosen from a fixed grid by exact
+leave-one-out error, the same criterion as scikit-learn's `RidgeCV` GCV mode but without its
+per-alpha overhead), `random_forest`, `knn` (k = min(10, n)) and `logistic` (presence = fraction >
+`presence_threshold`; metric F1). Regression predictions are clipped to [0, 1]; metrics R², MAE,
+Pearson r. Features are standardised with the mean/std of all chips with finite features (no labels
+are used, so this leaks nothing from the test labels) for the linear estimators.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+from sklearn.ensemble import RandomForestRegressor
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import f1_score, mean_absolute_error, r2_score
+from sklearn.neighbors import KNeighborsRegressor
+
+from core.modalities import LABEL_TASKS
+
+ESTIMATORS: tuple[str, ...] = ("ridge", "random_forest", "knn", "logistic")
+REGRESSION_METRICS: tuple[str, ...] = ("r2", "mae", "pearson_r")
+CLASSIFICATION_METRICS: tuple[str, ...] = ("f1", "accuracy")
+DEFAULT_BUDGETS: tuple[int | None, ...] = (5, 10, 25, 50, 100, 250, 500, 1000, None)
+RIDGE_ALPHAS: np.ndarray = np.logspace(-2, 5, 29)
+"""Alpha grid of the ridge probe (features standardised, so the scale is comparable across feature sets)."""
+KNN_K = 10
+RF_TREES = 100
+MIN_BUDGET = 2
+
+
+class ProbeError(ValueError):
+    """Bad probe input (unknown task/estimator, impossible budget, NaN features...): the message says how to fix it."""
+
+
+@dataclass
+class ProbeResult:
+    """Outcome of one probe: metric mean/std over draws, per-draw scores and the first draw's predictions."""
+
+    task: str
+    estimator: str
+    budget: int | None                    # None = all labels (the full pool)
+    repeats: int                          # draws actually made (1 for budget None)
+    metrics: dict[str, tuple[float, float]]   # name -> (mean, std) over draws
+    draw_scores: dict[str, np.ndarray]    # name -> [repeats] per-draw scores
+    n_train: int                          # chips per draw
+    n_pool: int
+    n_test: int
+    pool_idx: np.ndarray                  # [n_pool] row indices of the training pool
+    test_idx: np.ndarray                  # [n_test] row indices of the held-out test set
+    train_idx: np.ndarray                 # [n_train] rows of the first draw
+    test_predictions: np.ndarray          # [n_test] first draw: fraction (regression) or P(present) (logistic)
+    all_predictions: np.ndarray           # [N] first draw, every row; NaN where features are not finite
+    presence_threshold: float | None = None   # logistic only
+    alphas: np.ndarray | None = None      # ridge: alpha chosen per draw
+    notes: list[str] = field(default_factory=list)   # fallbacks taken (e.g. a single-class draw)
+
+    @property
+    def headline(self) -> tuple[str, float]:
+        """The main metric (name, mean): R² for regression, F1 for presence."""
+        name = "f1" if "f1" in self.metrics else "r2"
+        return name, self.metrics[name][0]
+
+
+# ----------------------------------------------------------------------------------------- validation
+def _check_task(task: str) -> None:
+    if task not in LABEL_TASKS:
+        raise ProbeError(f"unknown task {task!r}; tasks are the label columns {list(LABEL_TASKS)}")
+
+
+def _check_estimator(estimator: str) -> None:
+    if estimator not in ESTIMATORS:
+        raise ProbeError(f"unknown estimator {estimator!r}; choose one of {list(ESTIMATORS)}")
+
+
+def _as_xy(X: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    X = np.asarray(X)
+    y = np.asarray(y, dtype=np.float64)
+    if X.ndim != 2:
+        raise ProbeError(f"features must be a 2-D array [N, D], got shape {X.shape}")
+    if y.ndim != 1:
+        raise ProbeError(f"labels must be a 1-D array [N], got shape {y.shape}")
+    if len(X) != len(y):
+        raise ProbeError(f"features have {len(X)} rows but labels have {len(y)}: pass one label per feature row "
+                         "(both in store order)")
+    if len(X) == 0 or X.shape[1] == 0:
+        raise ProbeError(f"empty input (features of shape {X.shape}): the AOI has no chips or no features to probe")
+    if not np.isfinite(y).any():
+        raise ProbeError("every label is NaN: this AOI has no labels for the task; pick another task or AOI")
+    fin = y[np.isfinite(y)]
+    if fin.min() < -1e-6 or fin.max() > 1 + 1e-6:
+        raise ProbeError(f"labels must be fractions in [0, 1] (NaN = unknown), got values in [{fin.min():.3g}, "
+                         f"{fin.max():.3g}]")
+    return X, y
+
+
+def _check_budget(budget: int | str | None, n_pool: int) -> int | None:
+    if budget is None or (isinstance(budget, str) and budget.lower() == "all"):
+        return None
+    if isinstance(budget, str) or isinstance(budget, bool) or int(budget) != budget:
+        raise ProbeError(f"budget must be an integer number of labelled chips or None/'all', got {budget!r}")
+    budget = int(budget)
+    if budget < MIN_BUDGET:
+        raise ProbeError(f"budget {budget} is too small: a probe needs at least {MIN_BUDGET} labelled chips")
+    if budget > n_pool:
+        raise ProbeError(f"budget {budget} is larger than the training pool ({n_pool} labelled chips); "
+                         f"use a budget <= {n_pool} or None for all labels")
+    return budget
+
+
+def _check_indices(name: str, idx: np.ndarray | Sequence[int], n: int) -> np.ndarray:
+    idx = np.asarray(idx)
+    if idx.ndim != 1 or (idx.size and not np.issubdtype(idx.dtype, np.integer)):
+        raise ProbeError(f"{name} must be a 1-D array of integer row indices, got dtype {idx.dtype} shape {idx.shape}")
+    idx = idx.astype(np.int64)
+    if idx.size and (idx.min() < 0 or idx.max() >= n):
+        raise ProbeError(f"{name} indices out of range for {n} rows")
+    if np.unique(idx).size != idx.size:
+        raise ProbeError(f"{name} indices contain duplicates")
+    return idx
+
+
+# ----------------------------------------------------------------------------------------- split
+def split_pool_test(n: int, valid_mask: np.ndarray | None = None, *, test_fraction: float = 0.3,
+                    seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Fixed (pool_idx, test_idx) over the valid rows: a seeded permutation, `test_fraction` held out; both sorted."""
+    if n < 1:
+        raise ProbeError("empty input: no chips to split into a training pool and a test set")
+    valid = np.ones(n, dtype=bool) if valid_mask is None else np.asarray(valid_mask, dtype=bool)
+    if valid.shape != (n,):
+        raise ProbeError(f"valid_mask has shape {valid.shape}, expected ({n},)")
+    if not 0.0 < test_fraction < 1.0:
+        raise ProbeError(f"test_fraction must be in (0, 1), got {test_fraction}")
+    rows = np.flatnonzero(valid)
+    n_test = int(round(len(rows) * test_fraction))
+    if len(rows) < MIN_BUDGET + 1 or n_test < 1 or len(rows) - n_test < MIN_BUDGET:
+        raise ProbeError(f"only {len(rows)} chips have a finite label and valid features: too few to hold out a "
+                         f"test set and keep a training pool of >= {MIN_BUDGET}; label more chips")
+    perm = np.random.default_rng(seed).permutation(rows)
+    return np.sort(perm[n_test:]), np.sort(perm[:n_test])
+
+
+# ----------------------------------------------------------------------------------------- estimators
+def _standardiser(X: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Column mean and scale over `rows` (labels unused); constant columns get scale 1."""
+    Xr = X[rows].astype(np.float64)
+    mean = Xr.mean(axis=0)
+    std = Xr.std(axis=0)
+    std[std < 1e-12] = 1.0
+    return mean, std
+
+
+def ridge_loo(X: np.ndarray, y: np.ndarray, alphas: np.ndarray = RIDGE_ALPHAS) -> tuple[np.ndarray, float, float]:
+    """Ridge with an unpenalised intercept, alpha picked by exact leave-one-out error: (coef [D], intercept, alpha)."""
+    xm, ym = X.mean(axis=0), float(y.mean())
+    Xc, yc = X - xm, y - ym
+    U, s, Vt = np.linalg.svd(Xc, full_matrices=False)         # [n,k] [k] [k,D], k = min(n, D)
+    uty = U.T @ yc                                            # [k]
+    s2 = s * s
+    f = s2[None, :] / (s2[None, :] + alphas[:, None])         # [A,k] shrinkage factors
+    fitted = (f * uty[None, :]) @ U.T                         # [A,n] centred fitted values
+    # Hat matrix of ridge + unpenalised intercept: 11'/n + Xc (Xc'Xc + aI)^-1 Xc' (Xc is orthogonal to 1).
+    h = 1.0 / len(y) + f @ (U * U).T                           # [A,n]
+    denom = 1.0 - h
+    with np.errstate(divide="ignore", invalid="ignore"):
+        loo = np.where(denom > 1e-10, (yc[None, :] - fitted) / denom, np.inf)
+    err = np.mean(loo * loo, axis=1)                          # [A]
+    a = int(np.argmin(err)) if np.isfinite(err).any() else len(alphas) - 1
+    coef = Vt.T @ (s / (s2 + alphas[a]) * uty)                 # [D]
+    return coef, ym - float(xm @ coef), float(alphas[a])
+
+
+class _Fitted:
+    """A fitted probe: predict() returns fractions (regression) or P(present) (logistic)."""
+
+    def __init__(self, predict, alpha: float | None = None, note: str | None = None) -> None:
+        self.predict, self.alpha, self.note = predict, alpha, note
+
+
+def _fit(estimator: str, Xtr: np.ndarray, ytr: np.ndarray, *, seed: int, n_jobs: int) -> _Fitted:
+    """Fit one estimator on one draw (features already standardised where the estimator needs it)."""
+    if estimator == "ridge":
+        coef, b, alpha = ridge_loo(Xtr, ytr)
+        return _Fitted(lambda Z: Z @ coef + b, alpha=alpha)
+    if estimator == "random_forest":
+        # sqrt features per split: ~3x faster than 0.33 at D=128, and the usual choice for wide inputs.
+        # Small draws build trees faster than threads start: one job below a few hundred chips.
+        jobs = n_jobs if len(ytr) >= 200 else 1
+        rf = RandomForestRegressor(n_estimators=RF_TREES, max_features="sqrt", n_jobs=jobs, random_state=seed)
+        rf.fit(Xtr, ytr)
+        return _Fitted(rf.predict)
+    if estimator == "knn":
+        knn = KNeighborsRegressor(n_neighbors=min(KNN_K, len(ytr)))
+        knn.fit(Xtr, ytr)
+        return _Fitted(knn.predict)
+    # logistic: ytr is 0/1 presence
+    classes = np.unique(ytr)
+    if len(classes) == 1:
+        c = float(classes[0])
+        return _Fitted(lambda Z: np.full(len(Z), c),
+                       note=f"a draw held only {'present' if c else 'absent'} chips: predicted that class for all")
+    lr = LogisticRegression(C=1.0, max_iter=500)
+    lr.fit(Xtr, ytr.astype(int))
+    return _Fitted(lambda Z: lr.predict_proba(Z)[:, 1])
+
+
+def _scores(estimator: str, y_true: np.ndarray, pred: np.ndarray) -> dict[str, float]:
+    if estimator == "logistic":
+        cls = (pred >= 0.5).astype(int)
+        return {"f1": float(f1_score(y_true.astype(int), cls, zero_division=0.0)),
+                "accuracy": float(np.mean(cls == y_true.astype(int)))}
+    # A constant prediction has no covariance with the truth: Pearson r is reported as 0, not NaN.
+    r = float(np.corrcoef(y_true, pred)[0, 1]) if np.std(pred) > 1e-12 and np.std(y_true) > 1e-12 else 0.0
+    return {"r2": float(r2_score(y_true, pred)), "mae": float(mean_absolute_error(y_true, pred)), "pearson_r": r}
+
+
+# ----------------------------------------------------------------------------------------- probe
+def _draw_rng(seed: int, budget: int | None) -> np.random.Generator:
+    """Draws depend on (seed, budget) only, so a budget gives the same draws alone or in a learning curve."""
+    return np.random.default_rng([int(seed), 0 if budget is None else int(budget)])
+
+
+def fit_probe(X: np.ndarray, y: np.ndarray, *, task: str, estimator: str = "ridge", budget: int | str | None = None,
+              repeats: int = 10, seed: int = 0, pool: np.ndarray | None = None, test: np.ndarray | None = None,
+              presence_threshold: float = 0.05, test_fraction: float = 0.3, n_jobs: int = 2) -> ProbeResult:
+    """Probe one task at one label budget: `repeats` random draws of `budget` pool chips, scored on the test set."""
+    _check_task(task)
+    _check_estimator(estimator)
+    X, y = _as_xy(X, y)
+    finite_x = np.isfinite(X).all(axis=1)
+    if not finite_x.any():
+        raise ProbeError("every feature row has NaN/inf values: impute or drop missing features before probing")
+    if (pool is None) != (test is None):
+        raise ProbeError("pass both pool and test (from split_pool_test) or neither")
+    if pool is None:
+        pool, test = split_pool_test(len(y), np.isfinite(y) & finite_x, test_fraction=test_fraction, seed=seed)
+    pool, test = _check_indices("pool", pool, len(y)), _check_indices("test", test, len(y))
+    if len(test) == 0:
+        raise ProbeError("the test set is empty: pass a non-empty test split (see split_pool_test)")
+    if np.intersect1d(pool, test).size:
+        raise ProbeError("pool and test share chips: the held-out test set must be disjoint from the training pool")
+    for name, idx in (("pool", pool), ("test", test)):
+        if not np.isfinite(y[idx]).all():
+            raise ProbeError(f"the {name} holds chips with NaN labels: build the split from np.isfinite(y) & valid "
+                             "(split_pool_test does)")
+        if not finite_x[idx].all():
+            raise ProbeError(f"the {name} holds chips with NaN features (e.g. a missing modality): exclude them "
+                             "from the split's valid mask or impute the features")
+    budget = _check_budget(budget, len(pool))
+    if repeats < 1:
+        raise ProbeError(f"repeats must be >= 1, got {repeats}")
+    n_draws = 1 if budget is None else int(repeats)
+    n_train = len(pool) if budget is None else budget
+
+    if estimator in ("ridge", "logistic"):
+        mean, scale = _standardiser(X, np.flatnonzero(finite_x))
+        Z = (X - mean) / scale
+    else:
+        Z = X.astype(np.float64)
+    Z = np.where(finite_x[:, None], Z, 0.0)  # rows with NaN features get NaN predictions below
+    target = (y > presence_threshold).astype(np.float64) if estimator == "logistic" else y
+    t_true = target[test]
+
+    rng = _draw_rng(seed, budget)
+    scores: dict[str, list[float]] = {}
+    alphas: list[float] = []
+    notes: list[str] = []
+    first_train = first_test_pred = first_all = None
+    for d in range(n_draws):
+        train = pool.copy() if budget is None else np.sort(rng.choice(pool, size=budget, replace=False))
+        fitted = _fit(estimator, Z[train], target[train], seed=int(seed) * 1000 + d, n_jobs=n_jobs)
+        pred = fitted.predict(Z[test])
+        if estimator != "logistic":
+            pred = np.clip(pred, 0.0, 1.0)
+        for k, v in _scores(estimator, t_true, pred).items():
+            scores.setdefault(k, []).append(v)
+        if fitted.alpha is not None:
+            alphas.append(fitted.alpha)
+        if fitted.note and fitted.note not in notes:
+            notes.append(fitted.note)
+        if d == 0:
+            first_train, first_test_pred = train, pred
+            allp = np.clip(fitted.predict(Z), 0.0, 1.0)
+            first_all = np.where(finite_x, allp, np.nan)
+    if estimator == "logistic":
+        n_pos = int(t_true.sum())
+        if n_pos == 0 or n_pos == len(t_true):
+            notes.append(f"the test set holds only {'present' if n_pos else 'absent'} chips at threshold "
+                         f"{presence_threshold:g}: F1 is not informative")
+    draw_scores = {k: np.asarray(v) for k, v in scores.items()}
+    metrics = {k: (float(v.mean()), float(v.std())) for k, v in draw_scores.items()}
+    return ProbeResult(task=task, estimator=estimator, budget=budget, repeats=n_draws, metrics=metrics,
+                       draw_scores=draw_scores, n_train=n_train, n_pool=len(pool), n_test=len(test),
+                       pool_idx=pool, test_idx=test, train_idx=first_train, test_predictions=first_test_pred,
+                       all_predictions=first_all,
+                       presence_threshold=presence_threshold if estimator == "logistic" else None,
+                       alphas=np.asarray(alphas) if alphas else None, notes=notes)
+
+
+def budget_label(budget: int | None) -> str:
+    """'all' for the full-label budget, else the number as text."""
+    return "all" if budget is None else str(int(budget))
+
+
+def learning_curve(X: np.ndarray, y: np.ndarray, *, budgets: Sequence[int | str | None] = DEFAULT_BUDGETS,
+                   task: str, estimator: str = "ridge", repeats: int = 10, seed: int = 0,
+                   pool: np.ndarray | None = None, test: np.ndarray | None = None,
+                   presence_threshold: float = 0.05, test_fraction: float = 0.3, n_jobs: int = 2,
+                   skip_too_large: bool = True) -> pd.DataFrame:
+    """Tidy table, one row per (budget, metric): budget ('all' = full pool), n_train, mean, std, ratio_to_full.
+
+    Budgets above the pool are skipped (listed in `df.attrs["skipped"]`) unless `skip_too_large=False`,
+    which raises. The full-label reference is always fitted, so `ratio_to_full` (mean / full-label mean)
+    is filled even when None is not among `budgets`.
+    """
+    _check_task(task)
+    _check_estimator(estimator)
+    X, y = _as_xy(X, y)
+    if pool is None and test is None:
+        finite_x = np.isfinite(X).all(axis=1)
+        pool, test = split_pool_test(len(y), np.isfinite(y) & finite_x, test_fraction=test_fraction, seed=seed)
+    kw = dict(task=task, estimator=estimator, repeats=repeats, seed=seed, pool=pool, test=test,
+              presence_threshold=presence_threshold, n_jobs=n_jobs)
+    full = fit_probe(X, y, budget=None, **kw)
+    rows, skipped = [], []
+    for b in budgets:
+        b = None if b is None or (isinstance(b, str) and b.lower() == "all") else b
+        if b is not None and not isinstance(b, str) and b > full.n_pool and skip_too_large:
+            skipped.append(int(b))
+            continue
+        res = full if b is None else fit_probe(X, y, budget=b, **kw)
+        for name, (mean, std) in res.metrics.items():
+            ref = full.metrics[name][0]
+            ratio = mean / ref if abs(ref) > 1e-12 and (name == "mae" or ref > 0) else np.nan
+            rows.append({"budget": budget_label(res.budget), "n_train": res.n_train, "repeats": res.repeats,
+                         "metric": name, "mean": mean, "std": std, "full": ref, "ratio_to_full": ratio})
+    df = pd.DataFrame(rows, columns=["budget", "n_train", "repeats", "metric", "mean", "std", "full", "ratio_to_full"])
+    df.attrs.update(task=task, estimator=estimator, n_pool=full.n_pool, n_test=full.n_test, skipped=skipped,
+                    notes=list(full.notes))
+    return df

@@ -1,0 +1,160 @@
+"""2-D UMAP projections of an AOI's embeddings, cached in the workspace.
+
+`umap_vectors` projects a matrix; rows not present (a chip without that modality) are left out of the
+fit and get NaN coordinates. `project_aoi` caches the result at
+`<workspace>/projections/<aoi>/<model>/<scenario>/<key>.npy` with a `meta.json` beside it (one entry
+per key: the fingerprint of the embeddings it came from and the UMAP settings). The cache is reused
+while the embeddings' source sha, chip ids, creation time and the settings match; otherwise it is
+recomputed. Writes are atomic (the array first, then its meta entry), so a crash never leaves a meta
+entry pointing at a half-written array.
+
+UMAP compiles with numba on its first call in a process (tens of seconds); later calls are fast.
+With a `seed` UMAP runs single-threaded and is reproducible.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import re
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from data.atomic import atomic_write_bytes, atomic_write_json
+from data.workspace import Workspace
+
+FORMAT_VERSION = 1
+_SAFE_KEY = re.compile(r"^[A-Za-z0-9_.-]+$")
+MIN_POINTS = 4
+"""UMAP needs a handful of points to build a neighbour graph; fewer is an error, not a silent layout."""
+
+
+class ProjectionError(ValueError):
+    """A projection cannot be made (too few present rows, bad vectors, missing embeddings): the message says why."""
+
+
+def umap_vectors(vectors: np.ndarray, *, present: np.ndarray | None = None, seed: int | None = 0,
+                 n_neighbors: int = 15, min_dist: float = 0.1, metric: str = "euclidean") -> np.ndarray:
+    """UMAP of `vectors [N, D]` -> float32 `[N, 2]`; rows with present False or non-finite values are NaN."""
+    v = np.asarray(vectors)
+    if v.ndim != 2 or v.shape[1] < 1:
+        raise ProjectionError(f"vectors must be a 2-D array [N, D], got shape {v.shape}")
+    keep = np.isfinite(v).all(axis=1)
+    if present is not None:
+        present = np.asarray(present, dtype=bool)
+        if present.shape != (len(v),):
+            raise ProjectionError(f"present has shape {present.shape}, expected ({len(v)},) (one flag per row)")
+        keep &= present
+    n_fit = int(keep.sum())
+    if n_fit < MIN_POINTS:
+        raise ProjectionError(f"only {n_fit} of {len(v)} rows are present with finite vectors; UMAP needs at least "
+                              f"{MIN_POINTS} (embed the AOI with the modality present, or pick another key)")
+    import umap  # heavy import (numba): only when a projection is actually made
+
+    # On L2-normalised embeddings Euclidean neighbours are cosine neighbours, and Euclidean is faster in numba.
+    reducer = umap.UMAP(n_components=2, n_neighbors=max(2, min(int(n_neighbors), n_fit - 1)), min_dist=float(min_dist),
+                        metric=metric, random_state=seed, n_jobs=1 if seed is not None else -1)
+    xy = np.full((len(v), 2), np.nan, dtype=np.float32)
+    xy[keep] = reducer.fit_transform(v[keep].astype(np.float32)).astype(np.float32)
+    return xy
+
+
+def _array_digest(a: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(a).tobytes()).hexdigest()[:16]
+
+
+def _load_source(ws: Workspace, aoi: str, model_name: str, key: str, scenario: str) -> tuple[np.ndarray, np.ndarray, dict]:
+    """(vectors, present, fingerprint) of one embeddings key from the workspace (core.embed)."""
+    from core.embed import EmbeddingError, load_embeddings
+
+    try:
+        emb = load_embeddings(ws, aoi, model_name, scenario)
+    except EmbeddingError as e:
+        raise ProjectionError(str(e)) from e
+    if key not in emb.vectors:
+        raise ProjectionError(f"no {key!r} embeddings for AOI {aoi!r} ({model_name}, {scenario}); keys held: {emb.keys}")
+    vectors, present = emb.get(key)
+    m = emb.meta
+    fp = {"source": "embeddings", "source_sha": m.get("source_sha"), "chip_ids_digest": m.get("chip_ids_digest"),
+          "embeddings_created": m.get("created"), "n": int(len(vectors)), "dim": int(vectors.shape[1])}
+    return vectors, present, fp
+
+
+def projection_dir(ws: Workspace, aoi: str, model_name: str, scenario: str = "full") -> Path:
+    """Folder of an AOI x model x scenario's projections."""
+    return ws.artifact_dir("projections", aoi, model_name, scenario)
+
+
+def _read_meta(d: Path) -> dict:
+    try:
+        return json.loads((d / "meta.json").read_text())
+    except (FileNotFoundError, ValueError):
+        return {}  # no or corrupt meta: the cache is simply rebuilt
+
+
+def project_aoi(ws: Workspace, aoi: str, model_name: str, key: str = "fused", scenario: str = "full", *,
+                vectors: np.ndarray | None = None, present: np.ndarray | None = None,
+                chip_ids: np.ndarray | None = None, seed: int = 0, n_neighbors: int = 15, min_dist: float = 0.1,
+                recompute: bool = False) -> np.ndarray:
+    """Cached UMAP `[N, 2]` of one AOI's embeddings key (NaN rows where absent); recomputed when the source changed.
+
+    By default the vectors come from `core.embed.load_embeddings`; pass `vectors` (and optionally
+    `present`, `chip_ids`) to project a matrix directly, fingerprinted by its content.
+    """
+    if vectors is None:
+        vectors, present, fp = _load_source(ws, aoi, model_name, key, scenario)
+    else:
+        vectors = np.asarray(vectors)
+        fp = {"source": "vectors", "vectors_digest": _array_digest(vectors),
+              "present_digest": None if present is None else _array_digest(np.asarray(present, dtype=bool)),
+              "chip_ids_digest": None if chip_ids is None else hashlib.sha256(
+                  "\n".join(map(str, np.asarray(chip_ids))).encode()).hexdigest()[:16],
+              "n": int(len(vectors)), "dim": int(vectors.shape[1]) if vectors.ndim == 2 else None}
+        if chip_ids is not None and len(chip_ids) != len(vectors):
+            raise ProjectionError(f"{len(chip_ids)} chip ids for {len(vectors)} vectors: pass one id per row")
+    params = {"seed": seed, "n_neighbors": int(n_neighbors), "min_dist": float(min_dist), "metric": "euclidean",
+              "format_version": FORMAT_VERSION}
+    d = projection_dir(ws, aoi, model_name, scenario)
+    if not _SAFE_KEY.match(key) or key in (".", ".."):
+        raise ProjectionError(f"bad embeddings key {key!r}: use letters, digits, _ . - (e.g. fused, s2rgb)")
+    f = d / f"{key}.npy"
+    entry = _read_meta(d).get(key)
+    if not recompute and entry and entry.get("fingerprint") == fp and entry.get("params") == params and f.is_file():
+        try:
+            xy = np.load(f, allow_pickle=False)
+            if xy.shape == (fp["n"], 2):
+                return xy
+        except (OSError, ValueError):
+            pass  # damaged cache file: recompute below
+    xy = umap_vectors(vectors, present=present, seed=seed, n_neighbors=n_neighbors, min_dist=min_dist)
+    buf = io.BytesIO()
+    np.save(buf, xy, allow_pickle=False)
+    atomic_write_bytes(f, buf.getvalue())
+    meta = _read_meta(d)  # re-read: another key may have been written meanwhile
+    meta[key] = {"fingerprint": fp, "params": params, "aoi": aoi, "model_name": model_name, "scenario": scenario,
+                 "n_fitted": int(np.isfinite(xy[:, 0]).sum()), "umap_version": _umap_version(),
+                 "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    atomic_write_json(d / "meta.json", meta)
+    return xy
+
+
+def _umap_version() -> str:
+    from importlib.metadata import version
+
+    return version("umap-learn")
+
+
+def umap_2d(source: Any, *args: Any, **kwargs: Any) -> np.ndarray:
+    """2-D UMAP: `umap_2d(vectors, seed=0, ...)` projects a matrix; `umap_2d(ws, aoi, model_name, key=...)` is cached.
+
+    The two call forms keep the contract's cached call (used by the app) and the plain matrix call.
+    """
+    if isinstance(source, Workspace):
+        return project_aoi(source, *args, **kwargs)
+    if args:
+        raise TypeError("umap_2d(vectors, ...) takes keyword options only (seed, n_neighbors, min_dist, present)")
+    return umap_vectors(source, **kwargs)

@@ -1,0 +1,174 @@
+"""Few-shot probes: protocol, determinism, learning-curve shape, ridge correctness and clear errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sklearn.linear_model import RidgeCV
+
+from core.probes import (ESTIMATORS, RIDGE_ALPHAS, ProbeError, fit_probe, learning_curve, ridge_loo,
+                         split_pool_test)
+
+
+def synthetic(n: int = 1500, d: int = 32, noise: float = 0.05, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """A linear task: y = sigmoid(X w) + noise, clipped to [0, 1]."""
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(n, d)).astype(np.float32)
+    w = rng.normal(size=d) * 2 / np.sqrt(d)
+    y = 1 / (1 + np.exp(-(X @ w))) + rng.normal(scale=noise, size=n)
+    return X, np.clip(y, 0, 1)
+
+
+def test_split_is_fixed_disjoint_and_valid_only():
+    valid = np.ones(100, bool)
+    valid[::7] = False
+    pool, test = split_pool_test(100, valid, test_fraction=0.3, seed=3)
+    pool2, test2 = split_pool_test(100, valid, test_fraction=0.3, seed=3)
+    assert np.array_equal(pool, pool2) and np.array_equal(test, test2)
+    assert np.intersect1d(pool, test).size == 0
+    assert set(pool) | set(test) == set(np.flatnonzero(valid))
+    assert len(test) == round(valid.sum() * 0.3)
+    assert not np.array_equal(test, split_pool_test(100, valid, seed=4)[1])
+
+
+def test_probe_is_deterministic_and_seed_dependent():
+    X, y = synthetic(600, 16)
+    a = fit_probe(X, y, task="water", estimator="ridge", budget=25, repeats=5, seed=1)
+    b = fit_probe(X, y, task="water", estimator="ridge", budget=25, repeats=5, seed=1)
+    assert a.metrics == b.metrics
+    assert np.array_equal(a.test_predictions, b.test_predictions) and np.array_equal(a.train_idx, b.train_idx)
+    c = fit_probe(X, y, task="water", estimator="ridge", budget=25, repeats=5, seed=2)
+    assert c.metrics != a.metrics
+    for est in ("random_forest", "knn", "logistic"):
+        r1 = fit_probe(X, y, task="water", estimator=est, budget=30, repeats=2, seed=0, n_jobs=1)
+        r2 = fit_probe(X, y, task="water", estimator=est, budget=30, repeats=2, seed=0, n_jobs=1)
+        assert r1.metrics == r2.metrics, est
+
+
+def test_result_fields_and_clipping():
+    X, y = synthetic(600, 16)
+    X[5] = np.nan  # a chip without features: excluded from the split, NaN in the AOI predictions
+    r = fit_probe(X, y, task="vegetation", estimator="ridge", budget=50, repeats=4, seed=0)
+    assert r.n_train == 50 and r.repeats == 4 and len(r.train_idx) == 50
+    assert set(r.metrics) == {"r2", "mae", "pearson_r"}
+    assert all(len(v) == 4 for v in r.draw_scores.values())
+    mean, std = r.metrics["r2"]
+    assert mean == pytest.approx(r.draw_scores["r2"].mean()) and std == pytest.approx(r.draw_scores["r2"].std())
+    assert r.test_predictions.shape == (r.n_test,) and r.all_predictions.shape == (600,)
+    assert np.isnan(r.all_predictions[5]) and 5 not in r.pool_idx and 5 not in r.test_idx
+    fin = np.delete(r.all_predictions, 5)
+    assert fin.min() >= 0 and fin.max() <= 1
+    assert np.allclose(r.all_predictions[r.test_idx], r.test_predictions)
+    assert set(r.train_idx) <= set(r.pool_idx)
+    assert r.alphas is not None and len(r.alphas) == 4
+
+
+def test_learning_curve_monotone_on_linear_task():
+    X, y = synthetic(1500, 32)
+    lc = learning_curve(X, y, task="water", estimator="ridge", budgets=(10, 50, 500, None), repeats=10, seed=0)
+    r2 = lc[lc.metric == "r2"].set_index("budget")["mean"]
+    assert r2["500"] > r2["50"] > r2["10"]
+    assert r2["all"] > 0.9  # the task is nearly linear
+    assert set(lc.columns) >= {"budget", "n_train", "metric", "mean", "std", "ratio_to_full"}
+
+
+def test_full_label_reference_equals_budget_none():
+    X, y = synthetic(800, 16)
+    pool, test = split_pool_test(len(y), np.isfinite(y), seed=0)
+    full = fit_probe(X, y, task="water", budget=None, repeats=10, seed=0, pool=pool, test=test)
+    assert full.repeats == 1 and full.n_train == len(pool) and full.metrics["r2"][1] == 0.0
+    assert np.array_equal(full.train_idx, pool)
+    assert fit_probe(X, y, task="water", budget="all", seed=0, pool=pool, test=test).metrics == full.metrics
+    # A budget equal to the pool trains on the same chips: the same ridge fit, up to float order
+    same = fit_probe(X, y, task="water", budget=len(pool), repeats=2, seed=0, pool=pool, test=test)
+    assert same.metrics["r2"][0] == pytest.approx(full.metrics["r2"][0], abs=1e-9)
+    lc = learning_curve(X, y, task="water", budgets=(25, None), repeats=3, seed=0, pool=pool, test=test)
+    row = lc[(lc.budget == "all") & (lc.metric == "r2")].iloc[0]
+    assert row["mean"] == full.metrics["r2"][0] and row["ratio_to_full"] == 1.0
+    # ratio_to_full is filled even when None is not requested; too-large budgets are skipped and listed
+    lc2 = learning_curve(X, y, task="water", budgets=(25, 5000), repeats=3, seed=0, pool=pool, test=test)
+    assert list(lc2.budget.unique()) == ["25"] and lc2.attrs["skipped"] == [5000]
+    r25 = lc2[lc2.metric == "r2"].iloc[0]
+    assert r25["ratio_to_full"] == pytest.approx(r25["mean"] / full.metrics["r2"][0])
+    # a budget in the curve gives the same draws as fit_probe alone
+    alone = fit_probe(X, y, task="water", budget=25, repeats=3, seed=0, pool=pool, test=test)
+    assert r25["mean"] == alone.metrics["r2"][0]
+
+
+def test_ridge_loo_matches_sklearn_ridgecv():
+    X, y = synthetic(300, 20, noise=0.2)
+    X = X.astype(np.float64)
+    coef, b, alpha = ridge_loo(X, y)
+    ref = RidgeCV(alphas=RIDGE_ALPHAS).fit(X, y)
+    assert alpha == pytest.approx(ref.alpha_)
+    assert np.allclose(coef, ref.coef_, atol=1e-6) and b == pytest.approx(ref.intercept_, abs=1e-6)
+
+
+def test_ridge_budget_500_times_10_runs():
+    # correctness at the app's largest interactive budget (speed is measured in benchmarks/bench_probes.py)
+    X, y = synthetic(2025, 128)
+    r = fit_probe(X, y, task="cropland", estimator="ridge", budget=500, repeats=10, seed=0)
+    assert r.repeats == 10 and r.n_train == 500
+    assert np.all(np.isfinite(r.draw_scores["r2"])) and r.metrics["r2"][0] > 0.8
+
+
+def test_logistic_f1_and_single_class_fallback():
+    X, y = synthetic(800, 16, noise=0.02)
+    r = fit_probe(X, y, task="builtup", estimator="logistic", budget=200, repeats=3, seed=0, presence_threshold=0.5)
+    assert set(r.metrics) == {"f1", "accuracy"} and r.metrics["f1"][0] > 0.85
+    assert r.presence_threshold == 0.5 and r.test_predictions.min() >= 0 and r.test_predictions.max() <= 1
+    # Only a few chips present: small draws often hold one class -> predict it, say so, don't crash
+    y2 = np.zeros(800)
+    y2[:8] = 0.9
+    r2 = fit_probe(X, y2, task="builtup", estimator="logistic", budget=5, repeats=5, seed=0)
+    assert any("only absent" in n for n in r2.notes)
+    assert np.isfinite(r2.metrics["f1"][0])
+
+
+def test_other_estimators_run_and_learn():
+    X, y = synthetic(600, 8)
+    for est in ("random_forest", "knn"):
+        r = fit_probe(X, y, task="water", estimator=est, budget=300, repeats=2, seed=0, n_jobs=1)
+        assert r.metrics["r2"][0] > 0.5, est
+    small = fit_probe(X, y, task="water", estimator="knn", budget=3, repeats=2, seed=0)  # k = min(10, n)
+    assert np.isfinite(small.metrics["mae"][0])
+    assert set(ESTIMATORS) == {"ridge", "random_forest", "knn", "logistic"}
+
+
+def test_clear_errors():
+    X, y = synthetic(100, 4)
+    with pytest.raises(ProbeError, match="unknown task"):
+        fit_probe(X, y, task="forest", budget=10)
+    with pytest.raises(ProbeError, match="unknown estimator"):
+        fit_probe(X, y, task="water", estimator="svm", budget=10)
+    with pytest.raises(ProbeError, match="larger than the training pool"):
+        fit_probe(X, y, task="water", budget=500)
+    with pytest.raises(ProbeError, match="too small"):
+        fit_probe(X, y, task="water", budget=1)
+    with pytest.raises(ProbeError, match="100 rows but labels have 99"):
+        fit_probe(X, y[:99], task="water", budget=10)
+    with pytest.raises(ProbeError, match="empty input"):
+        fit_probe(np.zeros((0, 4)), np.zeros(0), task="water", budget=10)
+    with pytest.raises(ProbeError, match="every label is NaN"):
+        fit_probe(X, np.full(100, np.nan), task="water", budget=10)
+    with pytest.raises(ProbeError, match="every feature row has NaN"):
+        fit_probe(np.full((100, 4), np.nan), y, task="water", budget=10)
+    pool, test = split_pool_test(100, seed=0)
+    Xn = X.copy()
+    Xn[pool[0], 1] = np.nan
+    with pytest.raises(ProbeError, match="NaN features"):
+        fit_probe(Xn, y, task="water", budget=10, pool=pool, test=test)
+    yn = y.copy()
+    yn[test[0]] = np.nan
+    with pytest.raises(ProbeError, match="NaN labels"):
+        fit_probe(X, yn, task="water", budget=10, pool=pool, test=test)
+    with pytest.raises(ProbeError, match="share chips"):
+        fit_probe(X, y, task="water", budget=10, pool=pool, test=pool[:5])
+    with pytest.raises(ProbeError, match=r"fractions in \[0, 1\]"):
+        fit_probe(X, y * 100, task="water", budget=10)
+    with pytest.raises(ProbeError, match="too few"):
+        split_pool_test(10, np.arange(10) < 2)
+    with pytest.raises(ProbeError, match="unknown task"):
+        learning_curve(X, y, task="nope")
+    with pytest.raises(ProbeError, match="larger than the training pool"):
+        learning_curve(X, y, task="water", budgets=(10, 1000), skip_too_large=False)

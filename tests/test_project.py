@@ -1,0 +1,83 @@
+"""UMAP projections: shape, NaN rows for absent chips, neighbourhoods kept, workspace cache hit and refresh."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+import core.project as project
+from core.project import ProjectionError, project_aoi, projection_dir, umap_2d, umap_vectors
+from data.workspace import Workspace
+
+N, D, CLUSTERS = 300, 16, 3
+
+
+def clustered(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """N unit vectors in 3 well-separated clusters, and their cluster labels."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(CLUSTERS, D)) * 3
+    labels = rng.integers(0, CLUSTERS, N)
+    v = centres[labels] + rng.normal(size=(N, D)) * 0.3
+    return (v / np.linalg.norm(v, axis=1, keepdims=True)).astype(np.float32), labels
+
+
+def write_embeddings(ws: Workspace, vectors: np.ndarray, present: np.ndarray, created: str) -> None:
+    """Embeddings in core.embed's workspace layout (no store: load_embeddings then skips the id check)."""
+    d = ws.artifact_dir("embeddings", "aoi1", "tiny-sim", "full")
+    d.mkdir(parents=True, exist_ok=True)
+    np.save(d / "chip_ids.npy", np.array([f"c{i:04d}" for i in range(len(vectors))]))
+    np.save(d / "fused.npy", vectors)
+    np.savez(d / "present.npz", fused=present)
+    (d / "meta.json").write_text(json.dumps({"keys": ["fused"], "dim": vectors.shape[1], "source_sha": "abc",
+                                             "chip_ids_digest": "d1", "created": created, "scenario": "full"}))
+
+
+def test_project_aoi_shape_nan_rows_cache_and_refresh(tmp_path, monkeypatch):
+    ws = Workspace(tmp_path / "ws")
+    v, labels = clustered()
+    present = np.ones(N, bool)
+    present[[3, 50, 299]] = False
+    write_embeddings(ws, v, present, created="t0")
+
+    xy = project_aoi(ws, "aoi1", "tiny-sim", key="fused")
+    assert xy.shape == (N, 2) and xy.dtype == np.float32
+    assert np.isnan(xy[~present]).all() and np.isfinite(xy[present]).all()
+    # neighbourhoods survive: the 2-D nearest neighbour of a chip is almost always in its own cluster
+    p = xy[present]
+    d2 = ((p[:, None] - p[None]) ** 2).sum(-1)
+    np.fill_diagonal(d2, np.inf)
+    assert (labels[present][d2.argmin(1)] == labels[present]).mean() > 0.95
+    d = projection_dir(ws, "aoi1", "tiny-sim", "full")
+    assert (d / "fused.npy").is_file() and json.loads((d / "meta.json").read_text())["fused"]["n_fitted"] == N - 3
+
+    def no_fit(*a, **k):
+        raise AssertionError("UMAP refitted although the cache is valid")
+
+    monkeypatch.setattr(project, "umap_vectors", no_fit)
+    assert np.array_equal(project_aoi(ws, "aoi1", "tiny-sim", key="fused"), xy, equal_nan=True)
+    assert np.array_equal(umap_2d(ws, "aoi1", "tiny-sim", key="fused"), xy, equal_nan=True)  # the app's call form
+    monkeypatch.undo()
+
+    # re-embedded (new creation time): recomputed, and with the same seed identical to the first fit
+    write_embeddings(ws, v, present, created="t1")
+    xy2 = project_aoi(ws, "aoi1", "tiny-sim", key="fused")
+    assert json.loads((d / "meta.json").read_text())["fused"]["fingerprint"]["embeddings_created"] == "t1"
+    assert np.array_equal(xy2, xy, equal_nan=True)
+
+
+def test_errors(tmp_path):
+    ws = Workspace(tmp_path / "ws")
+    with pytest.raises(ProjectionError, match="core.embed"):
+        project_aoi(ws, "nowhere", "tiny-sim")
+    v, _ = clustered()
+    with pytest.raises(ProjectionError, match="needs at least"):
+        umap_vectors(v, present=np.arange(N) < 2)
+    with pytest.raises(ProjectionError, match="2-D"):
+        umap_vectors(v[0])
+    with pytest.raises(ProjectionError, match="one flag per row"):
+        umap_2d(v, present=np.ones(5, bool))
+    write_embeddings(ws, v, np.ones(N, bool), created="t0")
+    with pytest.raises(ProjectionError, match="keys held"):
+        project_aoi(ws, "aoi1", "tiny-sim", key="s2rgb")
