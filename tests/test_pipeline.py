@@ -1,0 +1,103 @@
+"""core.pipeline: build is idempotent, status reports built / missing / stale, indexes follow the embeddings."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from core.checkpoint import save_checkpoint
+from core.embed import load_embeddings
+from core.index import ChipIndex
+from core.model import ModelConfig, MultiModalViT
+from core.pipeline import PipelineError, build, index_dir, main, status
+from data.simulate import simulate_store
+from data.workspace import Workspace
+
+
+def _checkpoint(path, seed: int):
+    cfg = ModelConfig(name="tiny-test", chip_size=32, patch_size=8, width=32, depth=1, heads=2, embed_dim=16)
+    torch.manual_seed(seed)
+    save_checkpoint(path, MultiModalViT(cfg), cfg, meta={"note": "random weights for tests"})
+    return path
+
+
+@pytest.fixture
+def ws_ckpt(tmp_path):
+    torch.set_num_threads(1)
+    ws = Workspace(tmp_path / "ws")
+    simulate_store(ws.store_path("conus"), "conus", 5, 6, 0, chip_size=32, progress=False)
+    # An "ingested" AOI without coherence, like real data.
+    simulate_store(ws.store_path("realish"), "china", 3, 4, 0, chip_size=32, progress=False,
+                   channels={"s2rgb": None, "s1amp": None})
+    return ws, _checkpoint(tmp_path / "ckpts" / "ckpt-test", 1)
+
+
+def test_build_idempotent_and_status(ws_ckpt, capsys):
+    ws, ckpt = ws_ckpt
+    aois = ["conus", "realish"]
+    before = status(ws, aois=aois, checkpoint=ckpt)
+    assert set(before.columns) == {"aoi", "step", "state", "detail"}
+    assert (before[before.step == "store"].state == "built").all()
+    assert (before[before.step != "store"].state == "missing").all()
+
+    calls = []
+    actions = build(ws, aois, steps=["store", "embeddings", "index", "random-init"], checkpoint=ckpt,
+                    progress=False, progress_cb=lambda step, f, msg: calls.append((step, f)))
+    assert len(actions) == 6 and set(actions.action) == {"built"}
+    assert calls and all(0.0 <= f <= 1.0 for _, f in calls) and calls[-1][1] == 1.0
+    after = status(ws, aois=aois, checkpoint=ckpt)
+    assert (after.state == "built").all(), after.to_string()
+
+    # Indexes hold exactly the present chips of each key; the AOI without coh has no coh index.
+    emb = load_embeddings(ws, "conus", "ckpt-test")
+    for key in emb.keys:
+        idx = ChipIndex.load(index_dir(ws, "conus", "ckpt-test", key))
+        assert list(idx.ids) == list(emb.chip_ids[emb.present[key]])
+    assert not index_dir(ws, "realish", "ckpt-test", "coh").exists()
+    assert index_dir(ws, "realish", "ckpt-test", "fused").exists()
+    steps = ws.manifest["steps"]
+    assert "embeddings/conus/ckpt-test/full" in steps and "versions" in steps["indexes/conus/ckpt-test"]
+
+    # Second run: nothing to do, and the CLI says so.
+    mtime = (index_dir(ws, "conus", "ckpt-test", "fused") / "index.faiss").stat().st_mtime_ns
+    assert build(ws, aois, steps=["store", "embeddings", "index", "random-init"], checkpoint=ckpt, progress=False).empty
+    assert main(["build", "--workspace", str(ws.root), "--aoi", *aois, "--checkpoint", str(ckpt), "--quiet"]) == 0
+    assert "up to date: nothing to build" in capsys.readouterr().out
+    assert (index_dir(ws, "conus", "ckpt-test", "fused") / "index.faiss").stat().st_mtime_ns == mtime
+
+
+def test_stale_after_new_weights(ws_ckpt):
+    ws, ckpt = ws_ckpt
+    build(ws, ["conus"], steps=["embeddings", "index"], checkpoint=ckpt, progress=False)
+    old = load_embeddings(ws, "conus", "ckpt-test").vectors["fused"]
+    _checkpoint(ckpt, 2)  # retrained weights under the same name
+    st = status(ws, aois=["conus"], checkpoint=ckpt).set_index("step")
+    assert st.loc["embeddings", "state"] == "stale"
+    actions = build(ws, ["conus"], steps=["embeddings", "index"], checkpoint=ckpt, progress=False)
+    assert list(actions.action) == ["rebuilt", "rebuilt"]
+    assert np.abs(load_embeddings(ws, "conus", "ckpt-test").vectors["fused"] - old).max() > 1e-3
+    st = status(ws, aois=["conus"], checkpoint=ckpt, steps=["embeddings", "index"])
+    assert (st.state == "built").all()
+    meta = json.loads((index_dir(ws, "conus", "ckpt-test", "fused") / "meta.json").read_text())
+    assert meta["embeddings"]["source_sha"] == load_embeddings(ws, "conus", "ckpt-test").meta["source_sha"]
+
+
+def test_simulated_store_step_and_errors(tmp_path, capsys):
+    ws = Workspace(tmp_path / "ws")
+    actions = build(ws, ["middle_east"], steps=["store"], chips_per_aoi=4, workers=1, progress=False)
+    assert list(actions.action) == ["built"]
+    store = ws.open_store("middle_east")
+    assert store.meta.simulated and "simulated" in store.meta.title.lower()
+    assert build(ws, ["middle_east"], steps=["store"], chips_per_aoi=4, progress=False).empty
+    with pytest.raises(PipelineError, match="checkpoint .* is missing"):
+        build(ws, ["middle_east"], steps=["embeddings"], checkpoint=tmp_path / "nope", progress=False)
+    with pytest.raises(PipelineError, match="data.ingest"):
+        build(ws, ["unknown_aoi"], steps=["store"], progress=False)
+    with pytest.raises(ValueError, match="unknown pipeline steps"):
+        build(ws, ["middle_east"], steps=["umap"], progress=False)
+    assert main(["status", "--workspace", str(ws.root), "--aoi", "middle_east", "--checkpoint", str(tmp_path / "nope")]) == 0
+    out = capsys.readouterr().out
+    assert "middle_east" in out and "missing" in out
