@@ -1,0 +1,175 @@
+"""EO few-shot explorer: the home page and the navigation. Run with `streamlit run app.py`.
+
+The pages are declared here with st.navigation (no automatic discovery of pages/); the sidebar with
+the workspace, AOI and checkpoint pickers is drawn here once and shared through st.session_state.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import pandas as pd
+import streamlit as st
+
+from ui import cache, state
+from ui.errors import page_guard
+
+logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+st.set_page_config(page_title="EO few-shot explorer", page_icon=":material/satellite_alt:", layout="wide")
+
+
+def home() -> None:
+    """Home: what the system is, the AOIs of the workspace, the model card and the pipeline status."""
+    ctx = state.context()
+    st.title("Few-shot Earth observation with multimodal embeddings")
+    st.markdown(
+        "A CLIP-style model embeds every chip of an area of interest from Sentinel-2 optical, Sentinel-1 SAR "
+        "amplitude and InSAR coherence, even when some of them are missing. Search similar terrain on a map, "
+        "explore the embedding space, and fit few-shot probes that approach full-label accuracy with a few "
+        "hundred labels."
+    )
+    with page_guard("home: AOIs"):
+        _aoi_table(ctx)
+    with page_guard("home: model card"):
+        _model_card(ctx)
+    with page_guard("home: pipeline"):
+        _pipeline(ctx)
+
+
+def _aoi_table(ctx: state.AppContext) -> None:
+    st.subheader("Areas of interest")
+    if not ctx.aois:
+        st.info(
+            f"The workspace `{ctx.workspace.root}` holds no AOI yet. Build the simulated AOIs with the button below "
+            "(or `python -m data.simulate`), or ingest your own data with `python -m data.ingest`."
+        )
+        return
+    rows = [cache.aoi_summary(ctx.root, a) for a in ctx.aois]
+    table = pd.DataFrame(rows)
+    table.insert(2, "kind", ["simulated" if r["simulated"] else "real" for r in rows])
+    table = table.drop(columns=["simulated"])
+    st.dataframe(table, hide_index=True, width="stretch")
+    if any(r["simulated"] for r in rows):
+        st.caption("Simulated AOIs are procedurally generated at real coordinates; they are not observations.")
+
+
+def _model_card(ctx: state.AppContext) -> None:
+    st.subheader("Model")
+    if ctx.checkpoint is None:
+        st.info(
+            "No model checkpoint found. The shipped one lives in `checkpoints/tiny-sim`; train your own with "
+            "`python -m training.pretrain` (see README)."
+        )
+        return
+    card = cache.model_card(ctx.checkpoint)
+    cfg, meta = card["config"], card["meta"]
+    data = meta.get("training_data") or {}
+    simulated = bool(meta.get("simulated_training_data", data.get("source", "").startswith("simulated") or data.get("simulated") is True))
+    c1, c2, c3 = st.columns(3)
+    c1.metric("Parameters", f"{int(meta['params']):,}" if "params" in meta else "n/a")
+    c2.metric("Embedding dim", cfg.get("embed_dim", "n/a"))
+    c3.metric("Chip size", f"{cfg.get('chip_size', '?')} px / patch {cfg.get('patch_size', '?')}")
+    towers = ", ".join(f"{m} ({', '.join(ch)})" for m, ch in (cfg.get("channels") or {}).items())
+    st.markdown(
+        f"**{cfg.get('name', ctx.checkpoint.name)}**: one ViT tower per modality (width {cfg.get('width')}, depth "
+        f"{cfg.get('depth')}, {cfg.get('heads')} heads) over {towers}; fused embedding = normalised mean of the present modalities."
+    )
+    if data:
+        aois = ", ".join(map(str, data.get("aois", []))) or "n/a"
+        seeds = ", ".join(map(str, data.get("seeds", []))) or "n/a"
+        kind = "SIMULATED" if simulated else "real"
+        st.markdown(
+            f"Training data ({kind}): {data.get('source', 'n/a')}; AOIs {aois}; seeds {seeds}"
+            + (f"; {int(data['train_chips']):,} training chips" if "train_chips" in data else "")
+            + (f"; {meta['step']:,} steps" if isinstance(meta.get("step"), int) else "")
+            + "."
+        )
+    retrieval = _retrieval_rows(meta)
+    if retrieval:
+        st.caption("Cross-modal retrieval on held-out chips (top-1: the right chip is the nearest of all held-out chips)")
+        st.dataframe(pd.DataFrame(retrieval), hide_index=True, width="content")
+    else:
+        st.caption("This checkpoint carries no held-out retrieval score.")
+
+
+def _retrieval_rows(meta: dict) -> list[dict]:
+    """Retrieval top-1 vs chance from a checkpoint's meta (training writes 'heldout_retrieval')."""
+    rows = []
+    held = meta.get("heldout_retrieval")
+    if isinstance(held, dict):
+        for pair, v in held.items():
+            if isinstance(v, dict) and "top1" in v:
+                rows.append({"pair": pair, "top-1": float(v["top1"]), "chance": float(v.get("chance", float("nan"))),
+                             "held-out chips": v.get("n")})
+    metrics = meta.get("metrics")
+    if not rows and isinstance(metrics, dict) and "retrieval_top1" in metrics:
+        rows.append({"pair": "all pairs", "top-1": float(metrics["retrieval_top1"]),
+                     "chance": float(metrics.get("retrieval_chance", float("nan"))), "held-out chips": None})
+    return rows
+
+
+def _pipeline(ctx: state.AppContext) -> None:
+    from core import pipeline
+
+    st.subheader("Pipeline")
+    # A workspace with stores is about those stores (real ones included); an empty one gets the demo AOIs.
+    aois = ctx.aois or None
+    steps = list(pipeline.STEPS) if ctx.checkpoint is not None else ["store"]
+    if ctx.checkpoint is None:
+        st.caption("Without a checkpoint only the stores can be built.")
+    # The button builds the default steps; the random-init baseline is built on demand by the probes page.
+    build_steps = [s for s in steps if s in pipeline.DEFAULT_STEPS]
+    table = pipeline.status(ctx.workspace, aois=aois, checkpoint=ctx.checkpoint or pipeline.SHIPPED_CHECKPOINT, steps=steps)
+    todo = table[(table["state"] != "built") & table["step"].isin(build_steps)]
+    label = f"Build missing steps ({len(todo)})" if len(todo) else "Everything is built"
+    if st.button(label, key="home_build", type="primary", disabled=todo.empty,
+                 help="Generates missing simulated AOIs, embeds with the chosen checkpoint and builds the search indexes."):
+        _build(ctx, aois, build_steps)
+        if not ctx.aois:
+            st.rerun()  # new stores: redraw the sidebar's AOI picker
+        table = pipeline.status(ctx.workspace, aois=aois, checkpoint=ctx.checkpoint or pipeline.SHIPPED_CHECKPOINT, steps=steps)
+    wide = table.pivot(index="aoi", columns="step", values="state").reindex(columns=steps)
+    st.dataframe(wide.map(lambda v: {"built": "✅ built", "missing": "⬜ missing", "stale": "🔄 stale"}.get(v, v)), width="stretch")
+    with st.expander("Details"):
+        st.dataframe(table, hide_index=True, width="stretch")
+    st.caption("random-init (untrained embeddings, the probes' baseline) is built when the Few-shot probes page first "
+               "needs it. The same from a terminal: `python -m core.pipeline status` / `python -m core.pipeline build`.")
+
+
+def _build(ctx: state.AppContext, aois: list[str] | None, steps: list[str]) -> None:
+    """Run core.pipeline.build with a live progress bar; errors end up in page_guard's message."""
+    from core import pipeline
+
+    with st.status("Building the missing steps…", expanded=True) as box:
+        bar = st.progress(0.0, text="starting")
+
+        def report(step: str, fraction: float, message: str) -> None:
+            bar.progress(fraction, text=f"{step}: {message}")
+
+        try:
+            actions = pipeline.build(ctx.workspace, aois, steps, progress_cb=report,
+                                     checkpoint=ctx.checkpoint or pipeline.SHIPPED_CHECKPOINT, progress=False)
+        except Exception:
+            box.update(label="The build stopped; see the message below.", state="error")
+            raise
+        bar.progress(1.0, text="done")
+        if actions.empty:
+            box.update(label="Nothing to build: the workspace is up to date.", state="complete")
+        else:
+            st.dataframe(actions, hide_index=True)
+            box.update(label=f"Built {len(actions)} step(s).", state="complete", expanded=False)
+
+
+pages = [
+    st.Page(home, title="Home", icon=":material/home:", default=True),
+    st.Page("pages/similarity.py", title="Similarity search", icon=":material/travel_explore:"),
+    st.Page("pages/explorer.py", title="Embedding explorer", icon=":material/scatter_plot:"),
+    st.Page("pages/probes.py", title="Few-shot probes", icon=":material/model_training:"),
+]
+navigation = st.navigation(pages)
+state.mark_entrypoint()
+state.follow_deep_link()
+with page_guard("sidebar"):
+    state.render_sidebar()
+navigation.run()

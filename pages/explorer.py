@@ -1,0 +1,85 @@
+"""Embedding explorer: a UMAP of the AOI's embeddings; colour by label or modality availability; select to map."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import streamlit as st
+
+from core.modalities import LABEL_TASKS, MODALITY_KEYS
+from ui import cache, charts, maps, search, state
+from ui.errors import UserError, page_guard
+from ui.gallery import show_gallery
+
+state.require_entrypoint("pages/explorer.py")
+ctx = state.context()
+st.title("Embedding explorer")
+
+MAX_POINTS = 20_000
+"""Points drawn in the scatter (a seeded sample beyond): a browser chart of 150 K points is sluggish."""
+
+
+def availability(emb) -> np.ndarray:
+    """Per chip, which modalities are present: 'all', 'no coh', 'only s2rgb', 'none'..."""
+    mods = [m for m in MODALITY_KEYS if m in emb.present]
+    flags = np.stack([emb.present[m] for m in mods], axis=1)
+    out = []
+    for row in flags.tolist():
+        have = [m for m, ok in zip(mods, row) if ok]
+        if len(have) == len(mods):
+            out.append("all present")
+        elif not have:
+            out.append("none")
+        elif len(have) == 1:
+            out.append(f"only {have[0]}")
+        else:
+            out.append("no " + ", ".join(m for m in mods if m not in have))
+    return np.array(out, dtype=object)
+
+
+with page_guard("embedding explorer"):
+    if ctx.aoi is None:
+        raise UserError("This workspace holds no AOI yet.", "Build the simulated AOIs on the Home page.", "info")
+    model = cache.model_name(ctx.checkpoint)
+    store = cache.store(ctx.root, ctx.aoi)
+    emb = cache.embeddings(ctx.root, ctx.aoi, model)
+    keys = [k for k in search.SPACES if k in emb.vectors]
+    c1, c2 = st.columns(2)
+    key = c1.selectbox("Embedding", keys, format_func=search.space_name, key="exp_key")
+    known = [t for t in LABEL_TASKS if np.isfinite(store.labels(t)).any()]
+    color = c2.selectbox("Colour by", [*known, "modality availability"], key="exp_color",
+                         help="A label fraction of the chip, or which modalities the chip has.")
+    with st.spinner("Computing the UMAP projection (once per AOI and embedding; stored in the workspace)…"):
+        xy = cache.umap(ctx.root, ctx.aoi, model, key)
+    points = pd.DataFrame({"x": xy[:, 0], "y": xy[:, 1], "chip_id": emb.chip_ids, "position": np.arange(len(emb))})
+    for t in known:
+        points[t] = store.labels(t)
+    points["availability"] = availability(emb)
+    present = emb.present[key]
+    points = points[present & np.isfinite(points["x"].to_numpy())]
+    if points.empty:
+        raise UserError(f"No chip of this AOI has {search.space_name(key)} embeddings.", "Choose another embedding.")
+    drawn = points.sample(MAX_POINTS, random_state=0) if len(points) > MAX_POINTS else points
+    if len(drawn) < len(points):
+        st.caption(f"Showing a random {len(drawn):,} of {len(points):,} chips.")
+    tooltip = ["chip_id", *[f"{t}:Q" for t in known], "availability:N"]
+    chart = charts.embedding_scatter(drawn, color if color in known else "availability", tooltip=tooltip)
+    event = st.altair_chart(chart, on_select="rerun", selection_mode=[charts.POINT_SELECTION, charts.BRUSH_SELECTION],
+                            key="exp_chart", width="stretch")
+    st.caption("Drag a box (or click a point) to show those chips on the map; double-click to clear."
+               + (" Simulated AOI." if store.meta.simulated else ""))
+
+    picked = charts.selected_chip_ids(event, drawn)
+    geometry = cache.geometry(ctx.root, ctx.aoi)
+    task = color if color in known else (known[0] if known else None)
+    values = store.labels(task) if task else np.full(len(store), np.nan)
+    scale = maps.color_scale(task or "water")
+    positions = store.positions_of(picked) if picked else np.array([], dtype=np.int64)
+    outlines = maps.outline_records(geometry, positions[:2000].tolist(), maps.QUERY_RGBA, ["selected"] * min(len(positions), 2000))
+    st.subheader(f"Selected chips: {len(picked):,}" if picked else "Map")
+    deck = maps.chip_deck(geometry, values, scale, value_name=f"{task} fraction" if task else "value", highlights=outlines)
+    st.pydeck_chart(deck, height=460, key="exp_map")
+    if picked:
+        sel = pd.DataFrame({"aoi": ctx.aoi, "chip_id": picked[:8], "position": positions[:8], "rank": np.arange(1, min(8, len(picked)) + 1)})
+        sel["score"] = np.nan
+        show_gallery(sel, {ctx.aoi: store}, emb.modalities)

@@ -1,0 +1,92 @@
+"""Few-shot probes: fit a classical estimator on a handful of labelled chips and watch it approach full labels."""
+
+from __future__ import annotations
+
+import numpy as np
+import streamlit as st
+
+from core.modalities import LABEL_TASKS, get_modality
+from ui import cache, charts, maps, probing, state
+from ui.errors import UserError, page_guard
+
+state.require_entrypoint("pages/probes.py")
+ctx = state.context()
+st.title("Few-shot probes")
+
+with page_guard("few-shot probes"):
+    if ctx.aoi is None:
+        raise UserError("This workspace holds no AOI yet.", "Build the simulated AOIs on the Home page.", "info")
+    from core.probes import ESTIMATORS
+
+    model = cache.model_name(ctx.checkpoint)
+    store = cache.store(ctx.root, ctx.aoi)
+    emb = cache.embeddings(ctx.root, ctx.aoi, model)
+    known = [t for t in LABEL_TASKS if np.isfinite(store.labels(t)).any()]
+    if not known:
+        raise UserError(f"{ctx.aoi} has no labels to probe.", "Add label rasters with `python -m data.labels` or pick another AOI.")
+
+    c1, c2, c3 = st.columns([2, 2, 1])
+    task = c1.selectbox("Task (chip fraction)", known, key="probe_task")
+    estimator = c2.selectbox("Estimator", list(ESTIMATORS), key="probe_estimator",
+                             help="ridge / random forest / kNN regress the fraction; logistic classifies 'present' chips.")
+    repeats = c3.number_input("Repeats", min_value=1, max_value=50, value=5, step=1, key="probe_repeats",
+                              help="Random draws of the labelled chips; the spread is their standard deviation.")
+    n_labelled = int(np.isfinite(store.labels(task)).sum())
+    options = probing.budget_options(n_labelled)
+    budget_label = st.select_slider("Label budget (labelled chips)", options=options, value=probing.default_budget(options),
+                                    key="probe_budget", help="How many labelled chips the probe may learn from; 'all' = the whole pool.")
+    budget = None if budget_label == "all" else int(budget_label)
+
+    st.markdown("**Inputs present at inference** (uncheck to simulate missing data)")
+    mod_cols = st.columns(len(emb.modalities))
+    dropped_modalities: list[str] = []
+    dropped_channels: list[tuple[str, str]] = []
+    channels = ctx.checkpoint and cache.model_card(ctx.checkpoint)["config"].get("channels", {}) or {}
+    for col, mod in zip(mod_cols, emb.modalities):
+        on = col.checkbox(get_modality(mod).title, value=True, key=f"probe_mod_{mod}")
+        if not on:
+            dropped_modalities.append(mod)
+            continue
+        for ch in channels.get(mod, []):
+            if not col.checkbox(f"{mod} · {ch}", value=True, key=f"probe_ch_{mod}_{ch}"):
+                dropped_channels.append((mod, ch))
+    # Every channel of a modality unchecked is that modality missing.
+    for mod in {m for m, _ in dropped_channels}:
+        if len([c for m, c in dropped_channels if m == mod]) == len(channels.get(mod, [])):
+            dropped_modalities.append(mod)
+            dropped_channels = [(m, c) for m, c in dropped_channels if m != mod]
+    if len(dropped_modalities) == len(emb.modalities):
+        raise UserError("Every modality is unchecked: there is nothing left to embed.", "Check at least one modality.")
+    spec = dict(dropped_modalities=tuple(dropped_modalities), dropped_channels=tuple(dropped_channels))
+    probing.ensure_drop_embeddings(ctx, model, dropped_channels)
+    probing.ensure_random_init(ctx, model)
+
+    result = cache.probe(ctx.root, ctx.aoi, model, task=task, estimator=estimator, budget=budget, repeats=int(repeats), **spec)
+    full = cache.probe(ctx.root, ctx.aoi, model, task=task, estimator=estimator, budget=None, repeats=1, **spec)
+    probing.show_metrics(result, full, budget_label)
+
+    left, right = st.columns(2)
+    with left:
+        st.markdown("**Learning curve**")
+        with st.spinner("Learning curves (cached after the first time)…"):
+            curves, metric = probing.curves(ctx, model, task, estimator, int(repeats), spec, n_labelled)
+        st.altair_chart(charts.learning_curve_chart(curves, probing.headline(full)[1], metric), width="stretch")
+        st.caption("Bands: spread (± 1 std) over repeats. Dashed line: this setting with all labels. "
+                   "Random-init: the same architecture untrained; hand-crafted: per-channel statistics.")
+    with right:
+        st.markdown("**Predicted vs true** (held-out chips, first draw)")
+        y_true, y_pred = probing.test_pairs(result, store.labels(task))
+        st.altair_chart(charts.predicted_vs_true_chart(y_true, y_pred, task), width="stretch")
+
+    st.markdown(f"**Predicted {task} over the AOI** (first draw)" + (" · simulated AOI" if store.meta.simulated else ""))
+    show_error = st.toggle("Show the error (predicted - true) instead", key="probe_map_error")
+    pred_all = probing.all_predictions(result, len(store))
+    geometry = cache.geometry(ctx.root, ctx.aoi)
+    if show_error:
+        err = pred_all - store.labels(task)
+        lim = float(np.nanmax(np.abs(err))) if np.isfinite(err).any() else 1.0
+        scale, values, name = maps.color_scale("prediction-error", -lim, lim, title="error"), err, "error"
+    else:
+        scale, values, name = maps.color_scale(task if task in LABEL_TASKS else "water"), pred_all, f"predicted {task}"
+    st.pydeck_chart(maps.chip_deck(geometry, values, scale, value_name=name), height=440, key="probe_map")
+    st.image(scale.colorbar(), width=256)

@@ -1,0 +1,84 @@
+"""Similarity search: click a chip on the map (or pick its id) to find the most similar chips."""
+
+from __future__ import annotations
+
+import functools
+
+import streamlit as st
+
+from ui import cache, maps, search, state
+from ui.errors import UserError, page_guard
+
+state.require_entrypoint("pages/similarity.py")
+ctx = state.context()
+st.title("Similarity search")
+
+with page_guard("similarity search"):
+    if ctx.aoi is None:
+        raise UserError("This workspace holds no AOI yet.", "Build the simulated AOIs on the Home page.", "info")
+    model = cache.model_name(ctx.checkpoint)
+    store = cache.store(ctx.root, ctx.aoi)
+    geometry = cache.geometry(ctx.root, ctx.aoi)
+    emb = cache.embeddings(ctx.root, ctx.aoi, model)
+    spaces = [s for s in search.SPACES if s in emb.vectors]
+
+    c1, c2, c3, c4 = st.columns([3, 3, 2, 2])
+    query_space = c1.selectbox("Query modality", spaces, format_func=search.space_name, key="sim_query_space",
+                               help="Which embedding of the clicked chip is the query.")
+    target_space = c2.selectbox(
+        "Searched modality", spaces, format_func=search.space_name, key="sim_target_space",
+        help="Pick another modality than the query's for cross-modal search (e.g. a SAR query finding optical chips).",
+    )
+    scope = c3.radio("Search in", ["this AOI", "all AOIs"], key="sim_scope", horizontal=True)
+    k = c4.slider("Results (top-k)", min_value=1, max_value=50, value=10, key="sim_k")
+
+    chip_id = search.chip_picker(store, ctx.aoi)
+    basemap = st.toggle("Basemap (needs internet)", value=False, key="sim_basemap",
+                        help="Off: the chips are drawn on a plain background and nothing is fetched.")
+
+    result = None
+    if chip_id:
+        aois = ctx.aois if scope == "all AOIs" else [ctx.aoi]
+        embs, indexes, lookups = {}, {}, {}
+        for a in aois:
+            try:
+                embs[a] = emb if a == ctx.aoi else cache.embeddings(ctx.root, a, model)
+            except UserError:
+                if a == ctx.aoi:
+                    raise
+                continue  # another AOI without embeddings yet: search the others, say so below
+            # The query's own AOI is ranked from the exact map scores; the others through their index.
+            indexes[a] = None if a == ctx.aoi else cache.chip_index(ctx.root, a, model, target_space)
+            lookups[a] = cache.chip_lookup(ctx.root, a, model)
+        skipped = sorted(a for a in aois if a != ctx.aoi and indexes.get(a) is None)
+        request = search.SearchRequest(
+            aoi=ctx.aoi, chip_id=chip_id, query_space=query_space, target_space=target_space,
+            all_aois=scope == "all AOIs", k=int(k),
+            positives=tuple(st.session_state.get(search.refs_key(ctx.aoi, "pos"), [])),
+            negatives=tuple(st.session_state.get(search.refs_key(ctx.aoi, "neg"), [])),
+        )
+        result = search.search_chips(request, embs, indexes, lookups)
+        result.results.attrs["query"] = chip_id
+        if skipped:
+            st.caption(f"Not searched (no {search.space_name(target_space)} index yet): {', '.join(skipped)}.")
+
+    if result is None:
+        st.info("Click a chip on the map, or pick a chip id above, to find similar chips.")
+        values = store.labels("water")
+        scale, value_name, outlines = maps.color_scale("water"), "water fraction", []
+    else:
+        values = result.map_scores
+        scale = maps.color_scale("similarity", *maps.robust_range(values), title="similarity")
+        value_name, outlines = "similarity", search.highlights(geometry, result, ctx.aoi)
+    deck = maps.chip_deck(geometry, values, scale, value_name=value_name, highlights=outlines, basemap=basemap)
+    key = search.map_key(ctx.aoi)
+    st.pydeck_chart(deck, on_select=functools.partial(search.on_map_click, ctx.aoi, key),
+                    selection_mode="single-object", key=key, height=540)
+    legend = f"Colour: {scale.title} (low ← → high; grey = not available). "
+    if result is not None:
+        legend += "Blue outline: query; black outlines: top results. "
+    st.caption(legend + "Click a chip to search from it." + (" Simulated AOI." if store.meta.simulated else ""))
+    st.image(scale.colorbar(), width=256)
+
+    if result is not None:
+        search.show_results(ctx.root, ctx.aoi, result, [m for m in spaces if m != "fused"])

@@ -1,0 +1,336 @@
+"""The Streamlit app: AppTest drives home and every page on a small real workspace; ui helpers unit-tested.
+
+The workspace (2 simulated AOIs x 100 chips of 32 px, an untrained tiny model saved as a real
+checkpoint, embeddings and FAISS indexes built by core.pipeline) is built once per module.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import geopandas as gpd
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from shapely.geometry import box
+from streamlit.testing.v1 import AppTest
+
+from core import pipeline
+from core.checkpoint import save_checkpoint
+from core.model import ModelConfig, MultiModalViT
+from data.simulate import simulate_store
+from data.workspace import Workspace
+from ui import maps
+from ui.errors import UserError, explain
+
+REPO = Path(__file__).resolve().parents[1]
+APP = str(REPO / "app.py")
+APP_AOIS = (("conus", 1), ("south_america", 2))
+CHECKPOINT_NAME = "test-tiny"
+TIMEOUT = 120
+
+
+def build_app_workspace(root: Path) -> tuple[Path, Path]:
+    """A small real workspace: 2 SIMULATED AOIs x 100 chips of 32 px, an untrained tiny model saved as a
+    checkpoint (real weights, random init), embeddings (full + random-init) and indexes via core.pipeline."""
+    torch.set_num_threads(1)
+    ws = Workspace(root)
+    for aoi, seed in APP_AOIS:
+        simulate_store(ws.store_path(aoi), aoi, 10, 10, seed, chip_size=32, progress=False)
+    cfg = ModelConfig(name=CHECKPOINT_NAME, chip_size=32, patch_size=8, width=32, depth=1, heads=2, embed_dim=32)
+    torch.manual_seed(0)
+    ckpt = ws.root / "checkpoints" / CHECKPOINT_NAME
+    meta = {
+        "training_data": {"source": "simulated (data.simulate)", "aois": [a for a, _ in APP_AOIS], "seeds": [1, 2]},
+        "simulated_training_data": True,
+        "heldout_retrieval": {"s2rgb<->s1amp": {"top1": 0.03, "chance": 0.01, "n": 100}},
+        "step": 0,
+    }
+    save_checkpoint(ckpt, MultiModalViT(cfg), cfg, meta=meta)
+    pipeline.build(ws, ws.list_stores(), list(pipeline.STEPS), checkpoint=ckpt, progress=False)
+    return ws.root, ckpt
+
+
+@pytest.fixture(scope="module")
+def app_ws(tmp_path_factory) -> Path:
+    """The test workspace, with EO_WORKSPACE / EO_CHECKPOINT pointing at it for the module."""
+    root, _ = build_app_workspace(tmp_path_factory.mktemp("appws"))
+    mp = pytest.MonkeyPatch()
+    mp.setenv("EO_WORKSPACE", str(root))
+    mp.setenv("EO_CHECKPOINT", CHECKPOINT_NAME)
+    yield root
+    mp.undo()
+
+
+def open_page(page: str | None = None) -> AppTest:
+    """Run app.py (and switch to a page) like a browser session would."""
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT)
+    at.run()
+    if page:
+        at.switch_page(page)
+        at.run()
+    assert_clean(at)
+    return at
+
+
+def assert_clean(at: AppTest) -> None:
+    """No exception element and no error box reached the page."""
+    assert not at.exception, [e.value for e in at.exception]
+    assert not at.error, [e.value for e in at.error]
+
+
+def texts(elements) -> list[str]:
+    return [str(e.value) for e in elements]
+
+
+# ----------------------------------------------------------------------------------------- home
+def test_home_shows_aois_model_card_and_pipeline(app_ws):
+    at = open_page()
+    assert "Few-shot Earth observation" in at.title[0].value
+    aois = at.dataframe[0].value
+    assert set(aois["aoi"]) == {"conus", "south_america"} and set(aois["kind"]) == {"simulated"}
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["Parameters"].replace(",", "").isdigit() and metrics["Embedding dim"] == "32"
+    assert any("SIMULATED" in t for t in texts(at.markdown))
+    retrieval = next(d.value for d in at.dataframe if "top-1" in d.value.columns)
+    assert retrieval["top-1"].iloc[0] == pytest.approx(0.03) and retrieval["chance"].iloc[0] == pytest.approx(0.01)
+    assert at.button(key="home_build").disabled  # everything built
+
+
+def test_home_build_button_builds_the_missing_step(app_ws):
+    ws = Workspace(app_ws)
+    shutil.rmtree(ws.artifact_dir("indexes", "conus", CHECKPOINT_NAME, "s1amp"))
+    at = open_page()
+    button = at.button(key="home_build")
+    assert not button.disabled and "(1)" in button.label
+    button.click().run()
+    assert_clean(at)
+    built = [d.value for d in at.dataframe if "action" in d.value.columns]
+    assert built and built[0][["aoi", "step", "action"]].values.tolist() == [["conus", "index", "built"]]
+    status = pipeline.status(Workspace(app_ws), aois=["conus"], checkpoint=app_ws / "checkpoints" / CHECKPOINT_NAME)
+    assert (status["state"] == "built").all()
+
+
+# ----------------------------------------------------------------------------------------- similarity
+def _results(at: AppTest) -> pd.DataFrame:
+    return next(d.value for d in at.dataframe if "score" in d.value.columns)
+
+
+def test_similarity_pick_a_chip_shows_results_and_gallery(app_ws):
+    at = open_page("pages/similarity.py")
+    assert any("Click a chip" in t for t in texts(at.info))
+    picker = at.selectbox(key="sim_chip::conus")
+    picker.set_value(picker.options[12]).run()
+    assert_clean(at)
+    res = _results(at)
+    assert len(res) == 10 and res["score"].is_monotonic_decreasing
+    assert picker.options[12] not in set(res["chip_id"])  # the query itself is not a result
+    assert set(res["kind"]) == {"simulated"}
+    assert "Top results" in texts(at.subheader)
+    thumbs = [len(img.proto.imgs) for img in at.get("image")]
+    assert thumbs[1:] == [10, 10, 10]  # the colour bar, then one row of 10 thumbnails per modality
+    assert {b.proto.label for b in at.get("download_button")} == {"Download GeoJSON", "Download CSV"}
+
+    # Cross-modal: query with SAR, search optical -> other scores.
+    at.selectbox(key="sim_query_space").set_value("s1amp").run()
+    at.selectbox(key="sim_target_space").set_value("s2rgb").run()
+    assert_clean(at)
+    cross = _results(at)
+    assert not np.allclose(cross["score"].to_numpy(), res["score"].to_numpy())
+
+    # All AOIs: the other AOI's chips compete.
+    at.selectbox(key="sim_query_space").set_value("fused").run()
+    at.selectbox(key="sim_target_space").set_value("fused").run()
+    at.radio(key="sim_scope").set_value("all AOIs").run()
+    at.slider(key="sim_k").set_value(40).run()
+    assert_clean(at)
+    assert set(_results(at)["aoi"]) <= {"conus", "south_america"} and len(_results(at)) == 40
+
+    # Refine with a negative: the query moves, the scores change.
+    at.radio(key="sim_scope").set_value("this AOI").run()
+    before = _results(at)
+    neg = at.multiselect(key="sim_neg::conus")
+    neg.select(neg.options[0]).run()
+    assert_clean(at)
+    after = _results(at)
+    assert neg.options[0] not in {f"{a}:{c}" for a, c in zip(after["aoi"], after["chip_id"])}
+    assert not np.allclose(after["score"].to_numpy()[:5], before["score"].to_numpy()[:5])
+
+
+def test_similarity_missing_modality_is_a_message_not_a_traceback(app_ws):
+    store = Workspace(app_ws).open_store("conus")
+    lacking = np.flatnonzero(~store.available("coh"))
+    assert lacking.size, "the simulated AOI should have chips without coherence"
+    at = open_page("pages/similarity.py")
+    at.selectbox(key="sim_query_space").set_value("coh").run()
+    at.selectbox(key="sim_chip::conus").set_value(store.index["chip_id"].iloc[int(lacking[0])]).run()
+    assert not at.exception
+    assert any("has no" in t and "Choose another" in t for t in texts(at.warning))
+
+
+def test_search_chips_matches_brute_force_and_is_cross_modal(app_ws):
+    from core.embed import load_embeddings
+    from core.index import ChipIndex
+    from ui.search import SearchRequest, search_chips
+
+    ws = Workspace(app_ws)
+    emb = load_embeddings(ws, "conus", CHECKPOINT_NAME)
+    index = ChipIndex.load(ws.artifact_dir("indexes", "conus", CHECKPOINT_NAME, "s2rgb"), gpu=False)
+    vec, present = emb.get("s1amp")
+    q_pos = int(np.flatnonzero(present & emb.present["s2rgb"])[0])
+    chip = emb.chip_ids[q_pos]
+    res = search_chips(SearchRequest("conus", chip, "s1amp", "s2rgb", k=5), {"conus": emb}, {"conus": index})
+    target, tpresent = emb.get("s2rgb")
+    q = vec[q_pos] / np.linalg.norm(vec[q_pos])
+    brute = np.where(tpresent, target @ q, -np.inf)
+    best = np.argsort(-brute, kind="stable")[:5]
+    # Cross-modal search keeps the query chip itself (its optical twin is a legitimate answer).
+    assert res.results["position"].tolist() == best.tolist()
+    np.testing.assert_allclose(res.results["score"], brute[best], rtol=1e-5)
+    np.testing.assert_allclose(res.map_scores[tpresent], brute[tpresent], rtol=1e-5)
+    assert np.isnan(res.map_scores[~tpresent]).all()
+    with pytest.raises(UserError, match="not in this AOI"):
+        search_chips(SearchRequest("conus", "no-such-chip"), {"conus": emb}, {"conus": index})
+
+
+def test_empty_workspace_explains_what_to_do(tmp_path, monkeypatch):
+    monkeypatch.setenv("EO_WORKSPACE", str(tmp_path / "empty"))
+    at = open_page()
+    assert any("holds no AOI yet" in t for t in texts(at.info))
+    table = next(d.value for d in at.dataframe if "store" in d.value.columns)
+    assert set(table["store"]) == {"⬜ missing"} and len(table) == 5  # the simulated demo AOIs, to be built
+    for page in ("pages/similarity.py", "pages/explorer.py", "pages/probes.py"):
+        at.switch_page(page).run()
+        assert not at.exception and not at.error
+        assert any("Build the simulated AOIs on the Home page" in t for t in texts(at.info))
+
+
+def test_real_store_is_marked_real_and_missing_steps_are_explained(tmp_path, monkeypatch):
+    from data.store import ChipStoreWriter
+    from tests.conftest import make_batch, make_meta
+
+    ws = Workspace(tmp_path / "real")
+    meta = make_meta("my_scene", chip_size=8)
+    meta.simulated, meta.title, meta.source = False, "My Sentinel-2 scene", "data.ingest (user GeoTIFFs)"
+    with ChipStoreWriter(ws.store_path("my_scene"), meta) as w:
+        w.append(*make_batch(meta, 0, 12))
+    monkeypatch.setenv("EO_WORKSPACE", str(ws.root))
+    at = open_page()
+    table = at.dataframe[0].value
+    assert table[["aoi", "kind"]].values.tolist() == [["my_scene", "real"]]
+    assert at.selectbox(key="aoi").format_func("my_scene") == "My Sentinel-2 scene (real)"
+    status = next(d.value for d in at.dataframe if "store" in d.value.columns)
+    assert status.index.tolist() == ["my_scene"]  # a workspace of ingested data is not nagged about demo AOIs
+    at.switch_page("pages/similarity.py").run()
+    assert not at.exception and not at.error
+    assert any("not built yet" in t or "checkpoint" in t.lower() for t in texts(at.info) + texts(at.warning))
+
+
+# ----------------------------------------------------------------------------------------- ui helpers
+def _index(n: int = 30) -> gpd.GeoDataFrame:
+    rng = np.random.default_rng(0)
+    return gpd.GeoDataFrame(
+        {
+            "chip_id": [f"t-{i:03d}" for i in range(n)],
+            "water": rng.uniform(size=n).astype(np.float32),
+            "builtup": np.full(n, np.nan, dtype=np.float32),
+        },
+        geometry=[box(10 + (i % 6) * 0.05, 45 + (i // 6) * 0.05, 10.05 + (i % 6) * 0.05, 45.05 + (i // 6) * 0.05) for i in range(n)],
+        crs=4326,
+    )
+
+
+def test_fast_layer_data_matches_naive_records():
+    index = _index()
+    values = np.linspace(-0.2, 0.9, len(index))
+    values[4] = np.nan
+    scale = maps.color_scale("similarity", *maps.robust_range(values))
+    fast = json.loads(maps.chip_data_json(maps.ChipGeometry.from_index(index), values, scale))
+    naive = maps.naive_chip_records(index, values, scale)
+    assert len(fast) == len(naive) == len(index)
+    for f, n in zip(fast, naive):
+        assert f["id"] == n["id"] and f["c"] == n["c"] and f["t"] == n["t"]
+        # The fast path drops the closing vertex (deck.gl closes rings).
+        np.testing.assert_allclose(f["p"], n["p"][:-1], atol=5.1e-5)  # 4 decimals
+    assert fast[4]["v"] == "n/a" and fast[4]["c"] == list(maps.NAN_RGBA)
+    assert fast[0]["t"].startswith("water ") and "built" not in fast[0]["t"]
+
+
+def test_deck_json_is_valid_and_has_no_basemap():
+    index = _index()
+    geom = maps.ChipGeometry.from_index(index)
+    deck = maps.chip_deck(
+        geom, np.arange(len(index), dtype=float), maps.color_scale("water"), value_name="water",
+        highlights=maps.outline_records(geom, [0, 3], maps.QUERY_RGBA, ["query", "#1"]),
+    )
+    spec = json.loads(deck.to_json())
+    assert spec["mapStyle"] == "__MAP_STYLE__" and "mapProvider" not in spec
+    layers = {layer["id"]: layer for layer in spec["layers"]}
+    assert len(layers[maps.CHIP_LAYER]["data"]) == len(index)
+    assert [r["id"] for r in layers[maps.HIGHLIGHT_LAYER]["data"]] == ["t-000", "t-003"]
+    assert layers[maps.CHIP_LAYER]["pickable"] is True
+    # Deck stays reusable: serialising twice gives the same spec.
+    assert json.loads(deck.to_json()) == spec
+
+
+def test_clicked_chip_reads_the_selection():
+    event = {"selection": {"indices": {maps.CHIP_LAYER: [2]}, "objects": {maps.CHIP_LAYER: [{"id": "t-002"}]}}}
+    assert maps.clicked_chip(event) == "t-002"
+    assert maps.clicked_chip({"selection": {"indices": {}, "objects": {}}}) is None
+    assert maps.clicked_chip(None) is None
+
+
+def test_errors_are_explained_without_tracebacks():
+    level, text = explain(UserError("No embeddings yet.", "Build them on the Home page."))
+    assert level == "warning" and text == "No embeddings yet. Build them on the Home page."
+    level, text = explain(RuntimeError("boom"))
+    assert level == "error" and "server log" in text and "Traceback" not in text
+    assert explain(FileNotFoundError("x.npy"))[0] == "info"
+
+
+# ----------------------------------------------------------------------------------------- explorer, probes
+def test_explorer_projects_and_colours(app_ws):
+    at = open_page("pages/explorer.py")
+    charts_ = at.get("vega_lite_chart")
+    assert charts_, "no UMAP scatter drawn"
+    spec = json.loads(charts_[0].proto.spec)
+    assert "vegetation" in json.dumps(spec["encoding"]["color"]) or spec["encoding"]["color"]
+    at.selectbox(key="exp_color").set_value("modality availability").run()
+    assert_clean(at)
+    spec2 = json.loads(at.get("vega_lite_chart")[0].proto.spec)
+    assert spec2["encoding"]["color"] != spec["encoding"]["color"]
+    proj = list(Workspace(app_ws).artifact_dir("projections").rglob("*"))
+    assert proj, "the UMAP projection is not stored in the workspace"
+
+
+def _metric_values(at: AppTest) -> dict[str, str]:
+    return {m.label: m.value for m in at.metric}
+
+
+def test_probes_budget_and_missing_modality_change_the_scores(app_ws):
+    at = open_page("pages/probes.py")
+    before = _metric_values(at)
+    assert "R²" in before and "±" in before["R²"]
+    at.select_slider(key="probe_budget").set_value(10).run()
+    assert_clean(at)
+    small = _metric_values(at)
+    assert small["R²"] != before["R²"]
+    at.checkbox(key="probe_mod_s2rgb").uncheck().run()
+    assert_clean(at)
+    dropped = _metric_values(at)
+    assert dropped["R²"] != small["R²"]
+    assert len(at.get("vega_lite_chart")) == 2, "learning curve / predicted-vs-true charts missing"
+
+    # A missing channel needs its own embeddings: the page offers to build them, then scores change.
+    at.checkbox(key="probe_mod_s2rgb").check().run()
+    at.checkbox(key="probe_ch_s1amp_VH").uncheck().run()
+    assert_clean(at)
+    build = at.button(key="probe_build_drop-s1amp-VH")
+    build.click().run()
+    assert_clean(at)
+    assert Workspace(app_ws).artifact_dir("embeddings", "conus", CHECKPOINT_NAME, "drop-s1amp-VH").is_dir()
+    assert _metric_values(at)["R²"] != small["R²"]
+    assert Workspace(app_ws).artifact_dir("embeddings", "conus", CHECKPOINT_NAME, "random-init").is_dir()

@@ -1,0 +1,149 @@
+"""The app in a real browser: Debian's chromium driven by Playwright clicks a chip on the deck.gl map.
+
+Starts `streamlit run app.py` on a free port against the small test workspace, opens the similarity
+page, clicks the map canvas and waits for the results gallery. Screenshots go to tests/artifacts/
+(git-ignored). Needs /usr/bin/chromium (`apt-get install -y chromium`); never `playwright install`.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+from tests.test_app import CHECKPOINT_NAME, build_app_workspace
+
+REPO = Path(__file__).resolve().parents[1]
+ARTIFACTS = REPO / "tests" / "artifacts"
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--use-angle=swiftshader",
+    "--enable-unsafe-swiftshader",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_healthy(url: str, proc: subprocess.Popen, log: Path, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"streamlit exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
+        try:
+            with urllib.request.urlopen(url + "/_stcore/health", timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.3)
+    raise AssertionError(f"streamlit did not become healthy in {timeout:.0f} s:\n{log.read_text()[-3000:]}")
+
+
+@pytest.fixture(scope="module")
+def app_workspace(tmp_path_factory) -> Path:
+    """The same small workspace as tests/test_app.py (2 simulated AOIs, tiny untrained checkpoint)."""
+    root, _ = build_app_workspace(tmp_path_factory.mktemp("browserws"))
+    return root
+
+
+@pytest.fixture(scope="module")
+def server(app_workspace: Path):
+    """A streamlit server on a free port serving app.py on the test workspace."""
+    ARTIFACTS.mkdir(exist_ok=True)
+    port = _free_port()
+    log = ARTIFACTS / "streamlit-server.log"
+    env = {**os.environ, "EO_WORKSPACE": str(app_workspace), "EO_CHECKPOINT": CHECKPOINT_NAME, "PYTHONUNBUFFERED": "1"}
+    with log.open("w") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port), "--server.headless", "true",
+             "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false"],
+            cwd=REPO,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait_healthy(url, proc, log)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Headless Debian chromium (WebGL through SwiftShader); a missing chromium fails, it does not skip."""
+    if not CHROMIUM.exists():
+        pytest.fail(
+            f"{CHROMIUM} not found: install Debian's chromium (`apt-get install -y chromium`). "
+            "Do not run `playwright install` (it downloads a browser and fails offline).",
+            pytrace=False,
+        )
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
+        try:
+            yield b
+        finally:
+            b.close()
+
+
+def test_click_a_chip_shows_similar_chips(server: str, browser) -> None:
+    page = browser.new_page(viewport={"width": 1400, "height": 1100})
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.goto(server + "/", wait_until="domcontentloaded")
+    page.get_by_text("Pipeline").first.wait_for(timeout=90_000)
+    page.wait_for_timeout(1_000)
+    page.screenshot(path=str(ARTIFACTS / "home.png"), full_page=True)
+
+    page.goto(server + "/similarity", wait_until="domcontentloaded")
+    canvas = page.locator("canvas").first
+    canvas.wait_for(state="visible", timeout=90_000)
+    page.get_by_text("Click a chip on the map").first.wait_for(timeout=60_000)
+    page.wait_for_timeout(2_000)  # let deck.gl draw the polygons once
+    page.screenshot(path=str(ARTIFACTS / "similarity-before-click.png"), full_page=True)
+
+    box = canvas.bounding_box()
+    assert box and box["width"] > 200 and box["height"] > 200, f"map canvas too small: {box}"
+    gallery = page.get_by_text("Top results").first
+    # deck.gl picks from an offscreen render that SwiftShader may finish late on a busy machine:
+    # click again (on neighbouring chips) until the click registers, at most 5 times.
+    for attempt, (fx, fy) in enumerate([(0.5, 0.5), (0.45, 0.55), (0.55, 0.45), (0.4, 0.4), (0.6, 0.6)]):
+        page.mouse.click(box["x"] + box["width"] * fx, box["y"] + box["height"] * fy)
+        try:
+            gallery.wait_for(timeout=25_000)
+            break
+        except PlaywrightTimeout:
+            page.screenshot(path=str(ARTIFACTS / f"similarity-click-{attempt}-not-registered.png"))
+    gallery.wait_for(timeout=30_000)
+    page.get_by_text("Sentinel-2 RGB").first.wait_for(timeout=30_000)
+    page.wait_for_timeout(1_500)
+    page.screenshot(path=str(ARTIFACTS / "similarity-after-click.png"), full_page=True)
+    page.get_by_text("Sentinel-2 RGB").first.scroll_into_view_if_needed()
+    page.wait_for_timeout(500)
+    page.screenshot(path=str(ARTIFACTS / "similarity-results-gallery.png"))
+    thumbs = page.locator("[data-testid='stImage'] img, [data-testid='stImageContainer'] img")
+    assert thumbs.count() >= 3, "the results gallery shows no thumbnails"
+    assert not page.get_by_text("Traceback").count(), "a traceback reached the page"
+    assert not errors, f"JavaScript errors: {errors}"
