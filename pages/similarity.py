@@ -6,6 +6,7 @@ import functools
 
 import streamlit as st
 
+from core.modalities import LABEL_TASKS
 from ui import cache, maps, search, state
 from ui.errors import UserError, page_guard
 
@@ -33,7 +34,10 @@ with page_guard("similarity search"):
     k = c4.slider("Results (top-k)", min_value=1, max_value=50, value=10, key="sim_k")
 
     chip_id = search.chip_picker(store, ctx.aoi)
-    basemap = st.toggle("Basemap (needs internet)", value=False, key="sim_basemap",
+    c5, c6 = st.columns([3, 7])
+    colour_task = c5.selectbox("Map colour before a query", list(LABEL_TASKS), key="sim_colour_task",
+                               help="Label fraction that colours the chips until a query colours them by similarity.")
+    basemap = c6.toggle("Basemap (needs internet)", value=False, key="sim_basemap",
                         help="Off: the chips are drawn on a plain background and nothing is fetched.")
 
     result = None
@@ -64,8 +68,8 @@ with page_guard("similarity search"):
 
     if result is None:
         st.info("Click a chip on the map, or pick a chip id above, to find similar chips.")
-        values = store.labels("water")
-        scale, value_name, outlines = maps.color_scale("water"), "water fraction", []
+        values = store.labels(colour_task)
+        scale, value_name, outlines = maps.color_scale(colour_task), f"{colour_task} fraction", []
     else:
         values = result.map_scores
         scale = maps.color_scale("similarity", *maps.robust_range(values), title="similarity")

@@ -95,6 +95,7 @@ def test_home_shows_aois_model_card_and_pipeline(app_ws):
     metrics = {m.label: m.value for m in at.metric}
     assert metrics["Parameters"].replace(",", "").isdigit() and metrics["Embedding dim"] == "32"
     assert any("SIMULATED" in t for t in texts(at.markdown))
+    assert any("Simulated data" in t for t in texts(at.sidebar.warning))  # shown on every page
     retrieval = next(d.value for d in at.dataframe if "top-1" in d.value.columns)
     assert retrieval["top-1"].iloc[0] == pytest.approx(0.03) and retrieval["chance"].iloc[0] == pytest.approx(0.01)
     assert at.button(key="home_build").disabled  # everything built
@@ -122,6 +123,8 @@ def _results(at: AppTest) -> pd.DataFrame:
 def test_similarity_pick_a_chip_shows_results_and_gallery(app_ws):
     at = open_page("pages/similarity.py")
     assert any("Click a chip" in t for t in texts(at.info))
+    at.selectbox(key="sim_colour_task").set_value("cropland").run()
+    assert_clean(at)
     picker = at.selectbox(key="sim_chip::conus")
     picker.set_value(picker.options[12]).run()
     assert_clean(at)
@@ -222,6 +225,7 @@ def test_real_store_is_marked_real_and_missing_steps_are_explained(tmp_path, mon
     table = at.dataframe[0].value
     assert table[["aoi", "kind"]].values.tolist() == [["my_scene", "real"]]
     assert at.selectbox(key="aoi").format_func("my_scene") == "My Sentinel-2 scene (real)"
+    assert not any("Simulated" in t for t in texts(at.sidebar.warning))
     status = next(d.value for d in at.dataframe if "store" in d.value.columns)
     assert status.index.tolist() == ["my_scene"]  # a workspace of ingested data is not nagged about demo AOIs
     at.switch_page("pages/similarity.py").run()

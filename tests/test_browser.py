@@ -122,6 +122,7 @@ def test_click_a_chip_shows_similar_chips(server: str, browser) -> None:
     canvas.wait_for(state="visible", timeout=90_000)
     page.get_by_text("Click a chip on the map").first.wait_for(timeout=60_000)
     page.wait_for_timeout(2_000)  # let deck.gl draw the polygons once
+    assert page.get_by_text("Simulated data").first.is_visible(), "simulated AOI not marked as simulated"
     page.screenshot(path=str(ARTIFACTS / "similarity-before-click.png"), full_page=True)
 
     box = canvas.bounding_box()
@@ -145,5 +146,17 @@ def test_click_a_chip_shows_similar_chips(server: str, browser) -> None:
     page.screenshot(path=str(ARTIFACTS / "similarity-results-gallery.png"))
     thumbs = page.locator("[data-testid='stImage'] img, [data-testid='stImageContainer'] img")
     assert thumbs.count() >= 3, "the results gallery shows no thumbnails"
+    assert not page.get_by_text("Traceback").count(), "a traceback reached the page"
+
+    # The rest of the main flow: a live probe, then the embedding explorer.
+    page.goto(server + "/probes", wait_until="domcontentloaded")
+    page.get_by_text("of full-label score").first.wait_for(timeout=90_000)
+    page.locator("[data-testid='stVegaLiteChart']").first.wait_for(timeout=90_000)  # the learning curve
+    page.wait_for_timeout(1_500)
+    page.screenshot(path=str(ARTIFACTS / "probes.png"), full_page=True)
+    page.goto(server + "/explorer", wait_until="domcontentloaded")
+    page.locator("[data-testid='stVegaLiteChart']").first.wait_for(timeout=120_000)  # the UMAP scatter
+    page.wait_for_timeout(1_500)
+    page.screenshot(path=str(ARTIFACTS / "explorer.png"), full_page=True)
     assert not page.get_by_text("Traceback").count(), "a traceback reached the page"
     assert not errors, f"JavaScript errors: {errors}"

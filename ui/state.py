@@ -84,6 +84,10 @@ def render_sidebar() -> AppContext:
             format_func=lambda a: cache.aoi_label(str(workspace.root), a),
             help="Chip store of one AOI. Simulated AOIs are procedurally generated, never real observations.",
         )
+        if cache.aoi_summary(str(workspace.root), aoi)["simulated"]:
+            # Every page shows this: simulated chips must never be mistaken for observations.
+            sb.warning("**Simulated data.** This AOI is procedurally generated at real coordinates "
+                       "(`data.simulate`); it is not a satellite observation.", icon="⚠️")
     else:
         sb.info("No AOI in this workspace yet: build one on the Home page.")
     choices = checkpoint_choices(workspace)
