@@ -78,10 +78,11 @@ def show_metrics(result: dict, full: dict, budget_label: Any) -> None:
                    delta_color="inverse" if k == "mae" else "normal")
     key, score = headline(result)
     full_score = fm.get(key, (np.nan, 0))[0]
-    ratio = score / full_score if np.isfinite(full_score) and abs(full_score) > 1e-9 else np.nan
+    # A ratio to a full-label score at or below zero means nothing (as in core.probes.learning_curve).
+    ratio = score / full_score if np.isfinite(full_score) and full_score > 1e-9 else np.nan
     n_train = result.get("n_train")
     cols[-1].metric("of full-label score", f"{ratio:.0%}" if np.isfinite(ratio) else "n/a",
-                    help=f"{METRIC_NAMES.get(key, key)} at this budget / with all labels"
+                    help=f"{METRIC_NAMES.get(key, key)} at this budget / with all labels (n/a when the full-label score is not positive)"
                     + (f"; trained on {int(n_train)} chips" if n_train is not None else ""))
 
 
