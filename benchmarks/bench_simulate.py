@@ -8,7 +8,7 @@ each peak resident memory (ru_maxrss) is its own:
 
 Prints wall time, chips/s and peak RSS per run, and the streaming/in-memory ratios of the same size.
 The streaming peak should stay flat as N grows; the baseline grows with N. A paper-scale AOI is
-`--sizes 150000 --no-baseline` (the in-memory baseline would need ~15 GB there).
+`--sizes 150000 --no-baseline` (the whole 387 x 387 grid, 149,769 chips) (the in-memory baseline would need ~15 GB there).
 Run: `python -m benchmarks.bench_simulate [--sizes 2025 20000]`.
 """
 
@@ -30,8 +30,9 @@ import json, resource, sys, time
 from pathlib import Path
 from data.simulate import grid_shape, simulate_block, simulate_store, get_profile
 mode, n, out = sys.argv[1], int(sys.argv[2]), sys.argv[3]
-rows_n, cols_n = grid_shape(n)
 p = get_profile("conus")
+rows_n, cols_n = grid_shape(n)
+rows_n, cols_n = min(rows_n, p.grid_rows), min(cols_n, p.grid_cols)  # 150000 -> the whole 387 x 387 grid
 t0 = time.perf_counter()
 if mode == "in-memory":
     r0, c0 = (p.grid_rows - rows_n) // 2, (p.grid_cols - cols_n) // 2

@@ -167,6 +167,20 @@ def read_batch(store: ChipStore, channels: Mapping[str, Sequence[str]], position
     return batch
 
 
+def fit_chip_size(x: torch.Tensor, size: int) -> torch.Tensor:
+    """Resample normalised chips [B, C, H, W] to the model's chip size (area average down, bilinear up).
+
+    Lets a model trained on one chip size embed stores cut at another (e.g. 120 px BigEarthNet patches
+    with the 64 px shipped model), as CLIP-style models resize their inputs; the ground footprint per
+    patch changes, which is recorded in the embeddings' meta (`resampled_from`).
+    """
+    if x.shape[-2:] == (size, size):
+        return x
+    if x.shape[-1] > size or x.shape[-2] > size:
+        return torch.nn.functional.interpolate(x, size=(size, size), mode="area")
+    return torch.nn.functional.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
+
+
 def embed_positions(
     store: ChipStore,
     model: MultiModalViT,
@@ -198,6 +212,8 @@ def embed_positions(
             for start in range(0, n, batch_size):
                 items = np.arange(start, min(start + batch_size, n))
                 batch = read_batch(store, stored, positions[items])
+                for m in stored:
+                    batch[m] = fit_chip_size(batch[m], cfg.chip_size)
                 for m, idx in drop_idx.items():
                     batch[f"{m}_mask"][:, idx] = False
                     batch[m][:, idx] = 0.0
@@ -449,6 +465,7 @@ def embed_aoi(
                 "scenario": scenario, "dropped": drop, "dim": model.cfg.embed_dim, "n_chips": n,
                 "chip_ids_digest": ids_digest(chip_ids), "keys": keys, "format_version": FORMAT_VERSION,
                 "store_title": store.meta.title, "simulated": store.meta.simulated, "world_size": world,
+                "resampled_from": store.meta.chip_size if store.meta.chip_size != model.cfg.chip_size else None,
                 "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             })
         _barrier(world)
