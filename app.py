@@ -118,7 +118,6 @@ def _pipeline(ctx: state.AppContext) -> None:
     steps = list(pipeline.STEPS) if ctx.checkpoint is not None else ["store"]
     if ctx.checkpoint is None:
         st.caption("Without a checkpoint only the stores can be built.")
-    # The button builds the default steps; the random-init baseline is built on demand by the probes page.
     build_steps = [s for s in steps if s in pipeline.DEFAULT_STEPS]
     table = pipeline.status(ctx.workspace, aois=aois, checkpoint=ctx.checkpoint or pipeline.SHIPPED_CHECKPOINT, steps=steps)
     todo = table[(table["state"] != "built") & table["step"].isin(build_steps)]
@@ -133,8 +132,8 @@ def _pipeline(ctx: state.AppContext) -> None:
     st.dataframe(wide.map(lambda v: {"built": "✅ built", "missing": "⬜ missing", "stale": "🔄 stale"}.get(v, v)), width="stretch")
     with st.expander("Details"):
         st.dataframe(table, hide_index=True, width="stretch")
-    st.caption("random-init (untrained embeddings, the probes' baseline) is built when the Few-shot probes page first "
-               "needs it. The same from a terminal: `python -m core.pipeline status` / `python -m core.pipeline build`.")
+    st.caption("random-init: the same architecture untrained, embedded as the probes' baseline. The same from a "
+               "terminal: `python -m core.pipeline status` / `python -m core.pipeline build`.")
 
 
 def _build(ctx: state.AppContext, aois: list[str] | None, steps: list[str]) -> None:
