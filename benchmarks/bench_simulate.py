@@ -8,7 +8,7 @@ each peak resident memory (ru_maxrss) is its own:
 
 Prints wall time, chips/s and peak RSS per run, and the streaming/in-memory ratios of the same size.
 The streaming peak should stay flat as N grows; the baseline grows with N. A paper-scale AOI is
-`--sizes 150000 --no-baseline` (the whole 387 x 387 grid, 149,769 chips) (the in-memory baseline would need ~15 GB there).
+`--sizes 150000 --no-baseline` (the whole 387 x 387 grid, 149,769 chips) (the in-memory baseline would need ~70 GB there: 9.8 GB at 20 K measured).
 Run: `python -m benchmarks.bench_simulate [--sizes 2025 20000]`.
 """
 
