@@ -29,6 +29,8 @@ bench: $(STAMP)
 	$(BIN)/python -m benchmarks.bench_probes
 	$(BIN)/python -m benchmarks.bench_train
 	$(BIN)/python -m benchmarks.bench_app
+	$(BIN)/python -m benchmarks.bench_ingest
+	$(BIN)/python -m benchmarks.bench_simulate
 
 clean-workspace:
 	rm -rf workspace
