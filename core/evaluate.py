@@ -170,6 +170,19 @@ def evaluate_aoi(ws: Workspace, aoi: str, *, checkpoint: Path, budgets: Sequence
     return pd.DataFrame(rows)
 
 
+def self_rank1(X: np.ndarray, present: np.ndarray, ref: np.ndarray, ref_present: np.ndarray, block: int = 4096) -> float:
+    """Share of chips whose embedding with something missing is nearest its own full embedding (of all chips')."""
+    ok = np.flatnonzero(present & ref_present)
+    if ok.size == 0:
+        return float("nan")
+    R = ref[ok]
+    hits = 0
+    for start in range(0, ok.size, block):  # blocks keep the similarity matrix small at paper scale
+        rows = ok[start:start + block]
+        hits += int((np.argmax(X[rows] @ R.T, axis=1) == np.arange(start, start + len(rows))).sum())
+    return hits / ok.size
+
+
 def dropout_table(ws: Workspace, aoi: str, *, checkpoint: Path, budget: int, repeats: int, estimator: str, seed: int,
                   tasks: Sequence[str], channels: bool, progress: bool = False) -> pd.DataFrame:
     """Score at `budget` labels when a modality (re-fused without it) or a channel (drop scenario) is missing."""
@@ -192,6 +205,8 @@ def dropout_table(ws: Workspace, aoi: str, *, checkpoint: Path, budget: int, rep
             variants.append((label, mod, *emb.get(mod)))
             if not any(v[0] == "none" and v[1] == mod for v in variants):
                 variants.append(("none", mod, *full.get(mod)))
+    # Robustness without labels: is the chip still its own nearest neighbour with this part missing?
+    rank1 = {(missing, rep): self_rank1(X, present, *full.get(rep)) for missing, rep, X, present in variants}
     rows = []
     for task in tasks:
         y = store.labels(task).astype(np.float64)
@@ -204,7 +219,7 @@ def dropout_table(ws: Workspace, aoi: str, *, checkpoint: Path, budget: int, rep
             r = res[0]
             rows.append({"aoi": aoi, "task": task, "observable": observable, "missing": missing, "representation": rep,
                          "budget": r["budget"], "r2_mean": r.get("r2_mean"), "r2_std": r.get("r2_std"),
-                         "pearson_r_mean": r.get("pearson_r_mean")})
+                         "pearson_r_mean": r.get("pearson_r_mean"), "self_rank1": rank1[(missing, rep)]})
     df = pd.DataFrame(rows)
     if not df.empty:
         ref = df[df.missing == "none"].set_index(["task", "representation"])["r2_mean"]
@@ -309,6 +324,14 @@ def dropout_markdown(df: pd.DataFrame, header: bool = True) -> str:
             else:
                 cells.append(f"{_fmt(row.r2_mean.iloc[0])} ({row.r2_change.iloc[0]:+.3f})")
         out.append(f"| {aoi} | {task} | {rep} | " + " | ".join(cells) + " |")
+    if "self_rank1" in df.columns:
+        out += ["", "Self-retrieval with the part missing (rank-1: the chip's nearest full embedding is its own; no labels):", "",
+                "| AOI | repr. | " + " | ".join(m for m in missing if m != "none") + " |",
+                "|---|---|" + "---|" * (len(missing) - 1)]
+        first = df.drop_duplicates(["aoi", "missing", "representation"])
+        for (aoi, rep), g in first.groupby(["aoi", "representation"], sort=False):
+            cells = [_fmt(g[g.missing == m].self_rank1.iloc[0]) if (g.missing == m).any() else "" for m in missing if m != "none"]
+            out.append(f"| {aoi} | {rep} | " + " | ".join(cells) + " |")
     return "\n".join(out) + "\n"
 
 

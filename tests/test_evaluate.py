@@ -72,6 +72,8 @@ def test_channel_dropout_table(tiny_ws):
     assert set(vh.representation) == {"fused", "s1amp"}
     assert (ws.root / "embeddings" / "conus" / "ckpt-test" / "drop-s1amp-VH" / "meta.json").is_file()
     assert "channel s1amp-VH" in (out / "dropout.md").read_text()
+    assert (drop[drop.missing == "none"].self_rank1 == 1.0).all()  # nothing missing: every chip finds itself
+    assert drop.self_rank1.between(0, 1).all() and "Self-retrieval" in (out / "dropout.md").read_text()
     res = pd.read_csv(out / "results.csv")
     assert set(res.budget.astype(str)) == {"5", "all"}, "'all' is always added as the reference"
 
@@ -88,3 +90,18 @@ def test_observability_and_errors(tiny_ws, tmp_path):
         run_evaluation(ws, checkpoint=ckpt, estimator="svm", progress=False)
     with pytest.raises(EvaluationError, match="core.pipeline build"):
         run_evaluation(Workspace(tmp_path / "empty"), checkpoint=ckpt, progress=False)
+
+
+def test_self_rank1_counts_own_nearest_neighbour():
+    from core.evaluate import self_rank1
+
+    rng = np.random.default_rng(0)
+    ref = rng.normal(size=(50, 8))
+    ref /= np.linalg.norm(ref, axis=1, keepdims=True)
+    present = np.ones(50, dtype=bool)
+    assert self_rank1(ref, present, ref, present, block=7) == 1.0
+    shuffled = ref[np.r_[1:50, 0]]  # every chip now looks like its neighbour
+    assert self_rank1(shuffled, present, ref, present) == 0.0
+    present[:10] = False
+    assert self_rank1(ref, present, ref, present) == 1.0
+    assert np.isnan(self_rank1(ref, np.zeros(50, dtype=bool), ref, present))
