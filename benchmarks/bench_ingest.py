@@ -27,9 +27,10 @@ from affine import Affine
 
 from data.geotiff import chip_polygons
 from data.readers import ModalityInput, ingest_bigearthnet, ingest_geotiffs, ingest_sen1floods11
+from data.samples import shared_data_dir
 from data.store import ChipStoreWriter, StoreMeta
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+SHARED = shared_data_dir()
 BEN = SHARED / "bigearthnet-mm-example"
 FLOODS = SHARED / "sen1floods11-sample"
 

@@ -9,10 +9,11 @@ import pandas as pd
 import pytest
 from shapely.geometry import box
 
+from data.samples import shared_data_dir
 from data.store import ChipStore, ChipStoreWriter, StoreMeta
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO.parent / "shared" / "data"
+SHARED_DATA = shared_data_dir()
 
 
 def make_meta(aoi: str = "tiny", chip_size: int = 8, channels: dict | None = None) -> StoreMeta:

@@ -17,9 +17,10 @@ from core.index import ChipIndex
 from core.pipeline import build, status
 from core.probes import fit_probe
 from data.readers import ingest_bigearthnet, ingest_sen1floods11
+from data.samples import shared_data_dir
 from data.workspace import Workspace
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+SHARED = shared_data_dir()
 FLOODS = SHARED / "sen1floods11-sample"
 BEN = SHARED / "bigearthnet-mm-example"
 APP = str(Path(__file__).resolve().parents[1] / "app.py")
