@@ -363,7 +363,7 @@ def _prepare_work(work: Path, work_meta: dict) -> None:
             if json.loads(f.read_text()) == work_meta:
                 return
         except (OSError, ValueError):
-            pass
+            pass  # an unreadable work.json: the partial shards cannot be trusted, start over below
         shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True, exist_ok=True)
     atomic_write_json(f, work_meta)
