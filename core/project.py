@@ -96,6 +96,26 @@ def _read_meta(d: Path) -> dict:
         return {}  # no or corrupt meta: the cache is simply rebuilt
 
 
+def _params(seed: int | None, n_neighbors: int, min_dist: float) -> dict:
+    return {"seed": seed, "n_neighbors": int(n_neighbors), "min_dist": float(min_dist), "metric": "euclidean",
+            "format_version": FORMAT_VERSION}
+
+
+def projection_state(ws: Workspace, aoi: str, model_name: str, key: str = "fused", scenario: str = "full") -> tuple[str, str]:
+    """(built / missing / stale, detail) of the cached default UMAP of one embeddings key, as project_aoi would judge it."""
+    d = projection_dir(ws, aoi, model_name, scenario)
+    entry = _read_meta(d).get(key)
+    if not entry or not (d / f"{key}.npy").is_file():
+        return "missing", f"no UMAP of the {key} embeddings yet"
+    try:
+        _, _, fp = _load_source(ws, aoi, model_name, key, scenario)
+    except ProjectionError:
+        return "missing", "needs the embeddings first"
+    if entry.get("fingerprint") != fp or entry.get("params") != _params(0, 15, 0.1):
+        return "stale", "the UMAP predates the current embeddings"
+    return "built", f"UMAP of {entry.get('n_fitted', '?')} {key} embeddings"
+
+
 def project_aoi(ws: Workspace, aoi: str, model_name: str, key: str = "fused", scenario: str = "full", *,
                 vectors: np.ndarray | None = None, present: np.ndarray | None = None,
                 chip_ids: np.ndarray | None = None, seed: int = 0, n_neighbors: int = 15, min_dist: float = 0.1,
@@ -116,8 +136,7 @@ def project_aoi(ws: Workspace, aoi: str, model_name: str, key: str = "fused", sc
               "n": int(len(vectors)), "dim": int(vectors.shape[1]) if vectors.ndim == 2 else None}
         if chip_ids is not None and len(chip_ids) != len(vectors):
             raise ProjectionError(f"{len(chip_ids)} chip ids for {len(vectors)} vectors: pass one id per row")
-    params = {"seed": seed, "n_neighbors": int(n_neighbors), "min_dist": float(min_dist), "metric": "euclidean",
-              "format_version": FORMAT_VERSION}
+    params = _params(seed, n_neighbors, min_dist)
     d = projection_dir(ws, aoi, model_name, scenario)
     if not _SAFE_KEY.match(key) or key in (".", ".."):
         raise ProjectionError(f"bad embeddings key {key!r}: use letters, digits, _ . - (e.g. fused, s2rgb)")

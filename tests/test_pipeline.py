@@ -44,9 +44,9 @@ def test_build_idempotent_and_status(ws_ckpt, capsys):
     assert (before[before.step != "store"].state == "missing").all()
 
     calls = []
-    actions = build(ws, aois, steps=["store", "embeddings", "index", "random-init"], checkpoint=ckpt,
-                    progress=False, progress_cb=lambda step, f, msg: calls.append((step, f)))
-    assert len(actions) == 6 and set(actions.action) == {"built"}
+    actions = build(ws, aois, checkpoint=ckpt, progress=False,
+                    progress_cb=lambda step, f, msg: calls.append((step, f)))
+    assert len(actions) == 8 and set(actions.action) == {"built"}  # 2 AOIs x embeddings, index, random-init, projection
     assert calls and all(0.0 <= f <= 1.0 for _, f in calls) and calls[-1][1] == 1.0
     after = status(ws, aois=aois, checkpoint=ckpt)
     assert (after.state == "built").all(), after.to_string()
@@ -63,7 +63,9 @@ def test_build_idempotent_and_status(ws_ckpt, capsys):
 
     # Second run: nothing to do, and the CLI says so.
     mtime = (index_dir(ws, "conus", "ckpt-test", "fused") / "index.faiss").stat().st_mtime_ns
-    assert build(ws, aois, steps=["store", "embeddings", "index", "random-init"], checkpoint=ckpt, progress=False).empty
+    assert build(ws, aois, checkpoint=ckpt, progress=False).empty
+    xy = np.load(ws.artifact_dir("projections", "conus", "ckpt-test", "full") / "fused.npy")
+    assert xy.shape == (len(emb.chip_ids), 2) and np.isfinite(xy).all()
     assert main(["build", "--workspace", str(ws.root), "--aoi", *aois, "--checkpoint", str(ckpt), "--quiet"]) == 0
     assert "up to date: nothing to build" in capsys.readouterr().out
     assert (index_dir(ws, "conus", "ckpt-test", "fused") / "index.faiss").stat().st_mtime_ns == mtime
@@ -71,15 +73,16 @@ def test_build_idempotent_and_status(ws_ckpt, capsys):
 
 def test_stale_after_new_weights(ws_ckpt):
     ws, ckpt = ws_ckpt
-    build(ws, ["conus"], steps=["embeddings", "index"], checkpoint=ckpt, progress=False)
+    steps = ["embeddings", "index", "projection"]
+    build(ws, ["conus"], steps=steps, checkpoint=ckpt, progress=False)
     old = load_embeddings(ws, "conus", "ckpt-test").vectors["fused"]
     _checkpoint(ckpt, 2)  # retrained weights under the same name
     st = status(ws, aois=["conus"], checkpoint=ckpt).set_index("step")
     assert st.loc["embeddings", "state"] == "stale"
-    actions = build(ws, ["conus"], steps=["embeddings", "index"], checkpoint=ckpt, progress=False)
-    assert list(actions.action) == ["rebuilt", "rebuilt"]
+    actions = build(ws, ["conus"], steps=steps, checkpoint=ckpt, progress=False)
+    assert list(actions.action) == ["rebuilt", "rebuilt", "rebuilt"]
     assert np.abs(load_embeddings(ws, "conus", "ckpt-test").vectors["fused"] - old).max() > 1e-3
-    st = status(ws, aois=["conus"], checkpoint=ckpt, steps=["embeddings", "index"])
+    st = status(ws, aois=["conus"], checkpoint=ckpt, steps=steps)
     assert (st.state == "built").all()
     meta = json.loads((index_dir(ws, "conus", "ckpt-test", "fused") / "meta.json").read_text())
     assert meta["embeddings"]["source_sha"] == load_embeddings(ws, "conus", "ckpt-test").meta["source_sha"]
