@@ -23,6 +23,7 @@ import os
 import shutil
 import sys
 import time
+import zipfile
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -351,7 +352,7 @@ def _read_part(path: Path, keys: list[str]) -> tuple[dict[str, np.ndarray], dict
     try:
         with np.load(path, allow_pickle=False) as z:
             return {k: z[f"v_{k}"] for k in keys}, {k: z[f"p_{k}"] for k in keys}
-    except (OSError, ValueError, KeyError):
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
         return None
 
 

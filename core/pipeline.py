@@ -279,7 +279,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         p.add_argument("--aoi", nargs="+", default=None,
                        help="AOIs (default: the simulated demo AOIs plus every store in the workspace)")
         p.add_argument("--steps", nargs="+", default=list(DEFAULT_STEPS if name == "build" else STEPS), choices=list(STEPS),
-                       help="steps to run/show (random-init: baseline embeddings for the probes, built on demand)")
+                       help="steps to run/show (random-init: untrained-model embeddings, the probes' baseline; projection: UMAP of the fused embeddings)")
         p.add_argument("--checkpoint", default=str(SHIPPED_CHECKPOINT), help="checkpoint directory")
         if name == "build":
             p.add_argument("--chips-per-aoi", type=int, default=DEFAULT_CHIPS_PER_AOI,

@@ -230,3 +230,31 @@ def test_shipped_checkpoint_is_robust_to_a_missing_channel(tmp_path):
                 fused_ok = full["fused_present"]
                 sims = out["fused"][fused_ok] @ full["fused"][fused_ok].T
                 assert (sims.argmax(1) == torch.arange(int(fused_ok.sum()))).float().mean().item() >= 0.95
+
+
+def test_yaml_numbers_without_a_dot_and_bad_values(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("lr: 1e-3\nweight_decay: 5e-2\nsteps: 10\n")
+    cfg = load_config(str(f))
+    assert cfg.lr == 1e-3 and cfg.weight_decay == 0.05
+    assert load_config("tiny", ["lr=3e-4"]).lr == 3e-4
+    f.write_text("lr: fast\n")
+    with pytest.raises(ValueError, match="lr"):
+        load_config(str(f))
+
+
+def test_a_half_written_log_line_does_not_stop_a_resume(tmp_path):
+    from training.pretrain import _read_log
+
+    log = tmp_path / "training_log.jsonl"
+    log.write_text('{"step": 10, "loss": 1.0}\n{"step": 20, "loss": 0.9}\n{"step": 30, "lo')
+    assert _read_log(log, 20) == ['{"step": 10, "loss": 1.0}', '{"step": 20, "loss": 0.9}']
+
+
+def test_patch_bias_is_not_decayed():
+    from training.pretrain import param_groups
+
+    model = MultiModalViT(load_config("tiny").model)
+    decayed = {id(p) for p in param_groups(model, 0.05)[0]["params"]}
+    names = [n for n, p in model.named_parameters() if id(p) in decayed]
+    assert names and not any(n.endswith("bias") for n in names)

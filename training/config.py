@@ -97,7 +97,7 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "TrainConfig":
         """Build and validate from a nested dict, refusing unknown keys."""
-        d = dict(d)
+        d = _coerce_numbers(dict(d), TrainConfig().to_dict())
         _check_keys(cls, d, "")
         model = ModelConfig.from_dict(d.pop("model", {}) or {})
         data_d = dict(d.pop("data", {}) or {})
@@ -126,9 +126,28 @@ def resolve_config_path(name_or_path: str) -> Path:
     raise FileNotFoundError(f"config {name_or_path!r} is neither a file nor one of the named configs {choices}")
 
 
+def _coerce_numbers(d: dict[str, Any], defaults: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """YAML reads `1e-3` (no dot) as a string: turn such strings into the default's number type, or say which key."""
+    for k, v in list(d.items()):
+        ref = defaults.get(k)
+        if isinstance(v, dict) and isinstance(ref, dict):
+            d[k] = _coerce_numbers(dict(v), ref, f"{prefix}{k}.")
+        elif isinstance(v, str) and isinstance(ref, (int, float)) and not isinstance(ref, bool):
+            try:
+                d[k] = type(ref)(float(v)) if isinstance(ref, float) else int(v)
+            except ValueError:
+                raise ValueError(f"config key {prefix}{k}: expected a number, got {v!r}") from None
+    return d
+
+
 def _parse_value(text: str, current: Any, key: str) -> Any:
     """Parse an override with YAML and check it against the default's type."""
     value = yaml.safe_load(text)
+    if isinstance(value, str) and isinstance(current, float):
+        try:
+            value = float(value)  # `--set lr=1e-3`: YAML 1.1 reads it as a string
+        except ValueError:
+            pass  # not a number: the type check below names the key
     if current is None:
         return value
     if isinstance(current, bool):

@@ -38,7 +38,7 @@ class ChipSource:
 
     def __init__(self, stores: Sequence[ChipStore], channels: dict[str, list[str]], in_memory: bool = True) -> None:
         if not stores:
-            raise ValueError("no training stores: check data.stores / data.aois")
+            raise ValueError("no training stores: check data.paths / data.aois")
         self.datasets = [ChipDataset(s, channels) for s in stores]
         self.offsets = np.cumsum([0] + [len(d) for d in self.datasets])
         self.channels = channels

@@ -69,7 +69,8 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        is_matrix = p.ndim >= 2 and not any(k in name for k in ("pos_embed", "cls_token", "channel_embed"))
+        is_matrix = p.ndim >= 2 and not name.endswith("bias") and not any(
+            k in name for k in ("pos_embed", "cls_token", "channel_embed"))  # the patch bias is [C, width]
         (decay if is_matrix else no_decay).append(p)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
@@ -131,11 +132,31 @@ def _step_seed(seed: int, step: int, micro: int, rank: int) -> int:
     return int(np.random.SeedSequence([seed, step, micro, rank]).generate_state(1)[0])
 
 
+# Settings that do not change what a run computes: a resume may differ in these.
+_RESUME_FREE = {"out", "export", "threads", "device", "log_every", "eval_every", "ckpt_every"}
+_RESUME_FREE_DATA = {"cache_dir", "in_memory"}
+
+
+def _resume_view(train_config: dict) -> dict:
+    """The parts of a train config that must match for an exact resume."""
+    view = {k: v for k, v in train_config.items() if k not in _RESUME_FREE}
+    if isinstance(view.get("data"), dict):
+        view["data"] = {k: v for k, v in view["data"].items() if k not in _RESUME_FREE_DATA}
+    return view
+
+
 def _read_log(path: Path, upto_step: int) -> list[str]:
     """Log lines at or before a step (a resumed run drops what the interrupted run logged after its checkpoint)."""
     if not path.is_file():
         return []
-    return [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= upto_step]
+    keep = []
+    for line in path.read_text().splitlines():
+        try:
+            if json.loads(line)["step"] <= upto_step:
+                keep.append(line)
+        except (ValueError, KeyError, TypeError):
+            continue  # a line half-written when the run was killed
+    return keep
 
 
 def train(
@@ -157,10 +178,15 @@ def train(
     ckpt_dir, log_path = out / CKPT_NAME, out / LOG_NAME
     if (ckpt_dir.exists() or log_path.exists()) and not (resume or overwrite):
         raise FileExistsError(f"{out} already holds a run: pass --resume to continue it or --overwrite to start over")
-    if cfg.batch_size * world > 0 and world > 1 and main_proc:
+    if world > 1 and main_proc:
         print(f"DDP: {world} processes, global batch {cfg.batch_size * world * cfg.grad_accum}", file=sys.stderr)
 
+    # Rank 0 simulates (or reuses) the cached stores first; the other ranks then only open them.
+    if world > 1 and not main_proc:
+        dist.barrier()
     train_src, heldout, data_desc = build_data(cfg, progress=progress and main_proc)
+    if world > 1 and main_proc:
+        dist.barrier()
     global_micro = cfg.batch_size * world
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank
     model = MultiModalViT(cfg.model).to(device)
@@ -170,18 +196,20 @@ def train(
     commands = [command] if command else []  # a resumed run's COMMAND.txt lists every command that made it
     if resume:
         loaded, card = load_checkpoint(ckpt_dir, expect=cfg.model)
-        saved = card["meta"].get("train_config", {})
-        for key in ("batch_size", "grad_accum", "seed", "steps", "data"):
-            if saved.get(key) != cfg.to_dict()[key]:
+        saved, now = _resume_view(card["meta"].get("train_config", {})), _resume_view(cfg.to_dict())
+        saved["world_size"], now["world_size"] = card["meta"].get("world_size", 1), world
+        for key in sorted(set(saved) | set(now)):
+            if saved.get(key) != now.get(key):
                 raise CheckpointError(
-                    f"cannot resume {ckpt_dir} exactly: {key} was {saved.get(key)!r}, now {cfg.to_dict()[key]!r}; "
-                    "use the run's own config, or start a new run with another --set out=..."
+                    f"cannot resume {ckpt_dir} exactly: {key} was {saved.get(key)!r}, now {now.get(key)!r}; "
+                    "use the run's own config and process count, or start a new run with another --set out=..."
                 )
         model.load_state_dict(loaded.state_dict())
         state = load_train_state(ckpt_dir)
         opt.load_state_dict(state["optimizer"])
         start_step, elapsed_before = int(state["step"]), float(state["elapsed_s"])
         commands = list(card["meta"].get("commands", [])) + commands
+        resumed_eval = card["meta"].get("heldout_retrieval") or {}
     if main_proc:
         out.mkdir(parents=True, exist_ok=True)
         keep = _read_log(log_path, start_step) if resume else []
@@ -195,7 +223,7 @@ def train(
             with open(log_path, "a") as f:
                 f.write(json.dumps(record) + "\n")
 
-    last_eval: dict = {}
+    last_eval: dict = resumed_eval if resume else {}  # a finished run resumed keeps its scores
     losses: list[float] = []
     t0, t_log = time.perf_counter(), time.perf_counter()
     bar = tqdm(total=cfg.steps, initial=start_step, desc=f"pretrain {cfg.model.name}", unit="step",
@@ -218,7 +246,10 @@ def train(
             with (nullcontext() if sync else net.no_sync()):
                 with amp:
                     enc = net(batch)
-                loss = clip_loss(enc, model.logit_scale, distributed=world > 1) / cfg.grad_accum
+                loss = clip_loss(enc, model.logit_scale, distributed=world > 1)
+                # A modality that forms no pair in this batch (e.g. coh absent from real stores) gets no gradient;
+                # DDP would then wait for its tower's gradients forever. A zero term keeps every tower in the graph.
+                loss = (loss + 0.0 * sum(enc[m].float().sum() for m in model.modalities if m in enc)) / cfg.grad_accum
                 loss.backward()
             step_loss += float(loss.detach())
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip if cfg.clip > 0 else float("inf"))
