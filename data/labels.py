@@ -234,7 +234,9 @@ class LabelRaster:
                 elif self.kind == "jrc":
                     c_num, c_den = jrc_counts(px, self.jrc_threshold, self._fill(tile))
                 else:
-                    c_num, c_den = ghsl_counts(px, self._cell_area(tile, fp), tile.nodata)
+                    # The fill written outside the tile, not just the tag: an untagged integer tile is
+                    # filled with its dtype's max, which must not count as fully built.
+                    c_num, c_den = ghsl_counts(px, self._cell_area(tile, fp), self._fill(tile))
                 for t in self.tasks:
                     nums[t][i] += c_num[t][0]
                 den[i] += c_den[0]
@@ -275,9 +277,17 @@ def label_columns(rasters: Sequence[LabelRaster], footprints: Sequence[ChipFootp
     for r in rasters:
         fr = r.fractions(footprints)
         for c in fr.columns:
-            cols[c] = fr[c].to_numpy()
-        for t in r.tasks:
-            cols[f"label_source_{t}"] = r.kind
+            new = fr[c].to_numpy()
+            if c in r.tasks and c in cols:
+                # A later product wins only where it has valid pixels: a chip its tiles do not cover
+                # keeps the earlier product's fraction (and source).
+                won = np.isfinite(new)
+                cols[c] = np.where(won, new, cols[c].to_numpy())
+                cols[f"label_source_{c}"] = np.where(won, r.kind, cols[f"label_source_{c}"].to_numpy())
+            else:
+                cols[c] = new
+                if c in r.tasks:
+                    cols[f"label_source_{c}"] = np.where(np.isfinite(new), r.kind, None)
     return cols
 
 
@@ -336,7 +346,20 @@ def attach_labels(
             r.close()
     index = store.index.copy()
     for c in cols.columns:
-        index[c] = cols[c].to_numpy()
+        if c.startswith("label_source_"):
+            continue  # moved together with its task below
+        new = cols[c].to_numpy()
+        src = f"label_source_{c}"
+        if c in LABEL_TASKS and c in index.columns and src in cols.columns:
+            # New labels win where they have valid pixels; elsewhere the store keeps what it had (nothing lost).
+            won = np.isfinite(new.astype(np.float64))
+            old_src = index[src].to_numpy() if src in index.columns else np.full(len(index), None, dtype=object)
+            index[c] = np.where(won, new, index[c].to_numpy())
+            index[src] = np.where(won, cols[src].to_numpy(), old_src)
+        else:
+            index[c] = new
+            if src in cols.columns:
+                index[src] = cols[src].to_numpy()
     for t in LABEL_TASKS:
         index[t] = index[t].astype(np.float32)
     write_index(store.path, index, labels=provenance)

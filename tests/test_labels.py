@@ -12,7 +12,14 @@ from rasterio.windows import Window
 
 from data.geotiff import IngestError
 from data.ingest import main
-from data.labels import ChipFootprint, LabelRaster, footprints_from_index, ghsl_counts, worldcover_counts
+from data.labels import (
+    ChipFootprint,
+    LabelRaster,
+    footprints_from_index,
+    ghsl_counts,
+    label_columns,
+    worldcover_counts,
+)
 from data.readers import ModalityInput, ingest_geotiffs
 from data.store import ChipStore
 from tests.conftest import SHARED_DATA
@@ -143,6 +150,28 @@ def test_ghsl_builtup_fraction(tmp_path):
     assert nums["builtup"][0] / den[0] == pytest.approx(expected)
 
 
+def test_ghsl_tile_without_nodata_tag_counts_nothing_outside_it(tmp_path):
+    built = np.zeros((1, 4, 4), np.uint16)  # no built-up at all, and no nodata tag
+    f = write_tif(tmp_path / "ghsl.tif", built, Affine(100, 0, 1_000_000, 0, -100, 5_000_000), "ESRI:54009")
+    # A chip half outside the tile: the outside is filled, never counted as built-up.
+    fp = ChipFootprint("ESRI:54009", Affine(25, 0, 1_000_000 + 200, 0, -25, 5_000_000), 16, 16)
+    with LabelRaster("ghsl", [f]) as lr:
+        got = lr.fractions([fp]).iloc[0]
+    assert got["builtup"] == 0.0 and got["label_valid_ghsl"] == pytest.approx(0.5)
+
+
+def test_a_later_product_does_not_erase_labels_where_it_has_none(tmp_path):
+    wc = np.full((1, 8, 8), 80, np.uint8)  # all water in WorldCover
+    t = Affine(10, 0, 500_000, 0, -10, 5_000_000)
+    f_wc = write_tif(tmp_path / "wc.tif", wc, t, "EPSG:32633", nodata=0)
+    far = Affine(10, 0, 900_000, 0, -10, 5_000_000)  # a JRC tile somewhere else
+    f_jrc = write_tif(tmp_path / "jrc.tif", np.full((1, 8, 8), 100, np.uint8), far, "EPSG:32633", nodata=255)
+    fp = ChipFootprint("EPSG:32633", t, 8, 8)
+    with LabelRaster("worldcover", [f_wc]) as a, LabelRaster("jrc", [f_jrc]) as b:
+        cols = label_columns([a, b], [fp])
+    assert cols["water"].iloc[0] == 1.0 and cols["label_source_water"].iloc[0] == "worldcover"
+
+
 def test_bad_label_inputs():
     with pytest.raises(IngestError, match="unknown label product"):
         LabelRaster("corine", [WORLDCOVER])
@@ -165,10 +194,11 @@ def test_labels_attached_at_ingest_and_afterwards(tmp_path):
         counts = np.bincount(classes[row.row * 64 : row.row * 64 + 64, row.col * 64 : row.col * 64 + 64].ravel(), minlength=256)
         assert row.builtup == pytest.approx(counts[50] / (counts.sum() - counts[0]), abs=1e-6)
     assert (st.index["label_source_water"] == "worldcover").all()
-    # the labels subcommand overwrites water from JRC (that crop is in Brazil: no overlap -> NaN water)
+    # the labels subcommand adds JRC water; that crop is in Brazil (no overlap), so WorldCover's water stays
     assert main(["labels", "--aoi", "stome", "--out", str(st.path), "--jrc", str(JRC_CROP), "--quiet"]) == 0
     again = ChipStore.open(tmp_path / "stome")
-    assert again.index["water"].isna().all() and (again.index["label_source_water"] == "jrc").all()
+    np.testing.assert_array_equal(again.labels("water"), st.labels("water"))
+    assert (again.index["label_source_water"] == "worldcover").all()
     np.testing.assert_array_equal(again.labels("builtup"), st.labels("builtup"))
     info = json.loads((st.path / "store.json").read_text())
     assert set(info["meta"]["extra"]["labels"]) == {"worldcover", "jrc"}
