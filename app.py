@@ -47,8 +47,7 @@ def _aoi_table(ctx: state.AppContext) -> None:
         return
     rows = [cache.aoi_summary(ctx.root, a) for a in ctx.aois]
     table = pd.DataFrame(rows)
-    table.insert(2, "kind", ["simulated" if r["simulated"] else "real" for r in rows])
-    table = table.drop(columns=["simulated"])
+    table = table[["aoi", "title", "kind"] + [c for c in table.columns if c not in ("aoi", "title", "kind", "simulated")]]
     st.dataframe(table, hide_index=True, width="stretch")
     if any(r["simulated"] for r in rows):
         st.caption("Simulated AOIs are procedurally generated at real coordinates; they are not observations.")

@@ -65,6 +65,9 @@ with page_guard("few-shot probes"):
     full = cache.probe(ctx.root, ctx.aoi, model, task=task, estimator=estimator, budget=None, repeats=1, **spec)
     probing.show_metrics(result, full, budget_label)
 
+    # Logistic probes predict P(fraction > threshold), not the fraction: say so wherever predictions are shown.
+    presence = result.get("presence_threshold") if estimator == "logistic" else None
+    predicted = f"P({task} > {presence:g})" if presence is not None else f"predicted {task} fraction"
     left, right = st.columns(2)
     with left:
         st.markdown("**Learning curve**")
@@ -76,17 +79,22 @@ with page_guard("few-shot probes"):
     with right:
         st.markdown("**Predicted vs true** (held-out chips, first draw)")
         y_true, y_pred = probing.test_pairs(result, store.labels(task))
-        st.altair_chart(charts.predicted_vs_true_chart(y_true, y_pred, task), width="stretch")
+        st.altair_chart(charts.predicted_vs_true_chart(y_true, y_pred, task, predicted_title=predicted), width="stretch")
 
-    st.markdown(f"**Predicted {task} over the AOI** (first draw)" + (" · simulated AOI" if store.meta.simulated else ""))
-    show_error = st.toggle("Show the error (predicted - true) instead", key="probe_map_error")
+    st.markdown(f"**{predicted[0].upper() + predicted[1:]} over the AOI** (first draw)"
+                + (" · simulated AOI" if store.meta.simulated else ""))
+    show_error = st.toggle("Show the error (predicted - true) instead", key="probe_map_error",
+                           help="For logistic: P(present) minus 1 where the chip's fraction is above the threshold, else 0.")
     pred_all = probing.all_predictions(result, len(store))
     geometry = cache.geometry(ctx.root, ctx.aoi)
     if show_error:
-        err = pred_all - store.labels(task)
+        truth = store.labels(task)
+        if presence is not None:
+            truth = np.where(np.isfinite(truth), (truth > presence).astype(np.float64), np.nan)
+        err = pred_all - truth
         lim = float(np.nanmax(np.abs(err))) if np.isfinite(err).any() else 1.0
         scale, values, name = maps.color_scale("prediction-error", -lim, lim, title="error"), err, "error"
     else:
-        scale, values, name = maps.color_scale(task if task in LABEL_TASKS else "water"), pred_all, f"predicted {task}"
+        scale, values, name = maps.color_scale(task if task in LABEL_TASKS else "water"), pred_all, predicted
     st.pydeck_chart(maps.chip_deck(geometry, values, scale, value_name=name), height=440, key="probe_map")
     st.image(scale.colorbar(), width=256)

@@ -338,3 +338,28 @@ def test_probes_budget_and_missing_modality_change_the_scores(app_ws):
     assert Workspace(app_ws).artifact_dir("embeddings", "conus", CHECKPOINT_NAME, "drop-s1amp-VH").is_dir()
     assert _metric_values(at)["R²"] != small["R²"]
     assert Workspace(app_ws).artifact_dir("embeddings", "conus", CHECKPOINT_NAME, "random-init").is_dir()
+
+
+def test_probes_logistic_is_shown_as_a_presence_probability(app_ws):
+    at = open_page("pages/probes.py")
+    at.selectbox(key="probe_estimator").set_value("logistic").run()
+    assert_clean(at)
+    assert "F1" in _metric_values(at)
+    assert any("P(vegetation > 0.05)" in t and "over the AOI" in t for t in texts(at.markdown))
+    at.toggle(key="probe_map_error").set_value(True).run()
+    assert_clean(at)
+
+
+def test_unreadable_store_is_neither_real_nor_simulated(tmp_path, monkeypatch):
+    from tests.conftest import make_batch, make_meta
+    from data.store import ChipStoreWriter
+
+    ws = Workspace(tmp_path / "broken")
+    meta = make_meta("odd", chip_size=8)
+    with ChipStoreWriter(ws.store_path("odd"), meta) as w:
+        w.append(*make_batch(meta, 0, 4))
+    (ws.store_path("odd") / "store.json").write_text("{not json")
+    monkeypatch.setenv("EO_WORKSPACE", str(ws.root))
+    at = open_page()
+    table = at.dataframe[0].value
+    assert table["kind"].tolist() == ["unknown"]

@@ -54,6 +54,7 @@ def _aoi_summary(root: str, aoi: str, stamp: float) -> dict[str, Any]:
             "aoi": aoi,
             "title": str(meta.get("title") or aoi),
             "simulated": bool(meta.get("simulated", False)),
+            "kind": "simulated" if meta.get("simulated", False) else "real",
             "chips": int(info.get("n_chips", 0)),
             "modalities": ", ".join(meta.get("channels", {})),
             "chip size (px)": int(meta.get("chip_size", 0)),
@@ -61,7 +62,9 @@ def _aoi_summary(root: str, aoi: str, stamp: float) -> dict[str, Any]:
             "source": str(meta.get("source", "")),
         }
     except (OSError, ValueError, KeyError, TypeError) as e:
-        return {"aoi": aoi, "title": aoi, "simulated": False, "chips": 0, "error": f"unreadable store.json ({e})"}
+        # Unknown provenance is never called real (nor simulated): its kind is "unknown".
+        return {"aoi": aoi, "title": aoi, "simulated": False, "kind": "unknown", "chips": 0,
+                "error": f"unreadable store.json ({e})"}
 
 
 def aoi_summary(root: str, aoi: str) -> dict[str, Any]:
@@ -72,7 +75,7 @@ def aoi_summary(root: str, aoi: str) -> dict[str, Any]:
 def aoi_label(root: str, aoi: str) -> str:
     """How an AOI is named in pickers: its title, always marked simulated or real."""
     s = aoi_summary(root, aoi)
-    kind = "simulated" if s["simulated"] else "real"
+    kind = s["kind"]
     title = s["title"]
     # Titles of simulated stores usually already say "(simulated)"; do not say it twice.
     return title if kind in title.lower() else f"{title} ({kind})"
@@ -101,8 +104,10 @@ def model_name(checkpoint: "str | Path | None") -> str:
 
 
 def embeddings_stamp(root: str, aoi: str, model: str, scenario: str = "full") -> float:
-    """Modification time of an embeddings folder's meta.json (0 when missing)."""
-    return _mtime(Workspace(root).artifact_dir("embeddings", aoi, model, scenario) / "meta.json")
+    """Cache stamp of an AOI's embeddings of one scenario: 0 when missing, else the later of the embeddings'
+    and the store's modification times (a store rebuilt under the same name invalidates its embeddings)."""
+    t = _mtime(Workspace(root).artifact_dir("embeddings", aoi, model, scenario) / "meta.json")
+    return max(t, store_stamp(root, aoi)) if t else 0.0
 
 
 @st.cache_resource(max_entries=48, show_spinner="Loading embeddings…")
@@ -150,7 +155,7 @@ def chip_index(root: str, aoi: str, model: str, key: str):
     path = Workspace(root).artifact_dir("indexes", aoi, model, key)
     if not (path / "meta.json").is_file():
         return None
-    return _index(root, aoi, model, key, _mtime(path / "meta.json"))
+    return _index(root, aoi, model, key, max(_mtime(path / "meta.json"), store_stamp(root, aoi)))
 
 
 @st.cache_data(max_entries=16, show_spinner=False)
@@ -163,12 +168,6 @@ def _model_card(path: str, stamp: float) -> dict[str, Any]:
 def model_card(path: "str | Path") -> dict[str, Any]:
     """A checkpoint's config and meta (no weights loaded)."""
     return _model_card(str(path), _mtime(Path(path) / "meta.json") + _mtime(Path(path) / "config.yaml"))
-
-
-def clear_all() -> None:
-    """Forget every cached object (after the Home page rebuilt steps of the pipeline)."""
-    st.cache_data.clear()
-    st.cache_resource.clear()
 
 
 # ----------------------------------------------------------------------------------------- projections, probes
@@ -276,14 +275,14 @@ def _probe(root, aoi, model, features, dropped_modalities, dropped_channels, tas
     x, y, present = _probe_inputs(root, aoi, model, features, dropped_modalities, dropped_channels, task)
     pool, test = split_pool_test(len(y), np.isfinite(y) & present, seed=0)
     r = fit_probe(x, y, task=task, estimator=estimator, budget=budget, repeats=repeats, seed=0, pool=pool, test=test)
-    return _probe_dict(r, y, present)
+    return _probe_dict(r, present)
 
 
 def probe(root: str, aoi: str, model: str, *, task: str, estimator: str, budget: int | None, repeats: int,
           features: str = "embeddings", dropped_modalities: tuple[str, ...] = (),
           dropped_channels: tuple[tuple[str, str], ...] = ()) -> dict[str, Any]:
     """One few-shot probe (cached): metrics (mean, std) over repeats, test and full-AOI predictions."""
-    stamp = (store_stamp(root, aoi), embeddings_stamp(root, aoi, model), embeddings_stamp(root, aoi, model, "random-init"))
+    stamp = _probe_stamp(root, aoi, model, features, dropped_channels)
     return _probe(root, aoi, model, features, tuple(sorted(dropped_modalities)), tuple(sorted(dropped_channels)),
                   task, estimator, budget, int(repeats), stamp)
 
@@ -301,12 +300,30 @@ def curve(root: str, aoi: str, model: str, *, task: str, estimator: str, budgets
           features: str = "embeddings", dropped_modalities: tuple[str, ...] = (),
           dropped_channels: tuple[tuple[str, str], ...] = ()):
     """Learning curve (score vs label budget) of one feature set (cached; see core.probes.learning_curve)."""
-    stamp = (store_stamp(root, aoi), embeddings_stamp(root, aoi, model), embeddings_stamp(root, aoi, model, "random-init"))
+    stamp = _probe_stamp(root, aoi, model, features, dropped_channels)
     return _curve(root, aoi, model, features, tuple(sorted(dropped_modalities)), tuple(sorted(dropped_channels)),
                   task, estimator, tuple(budgets), int(repeats), stamp)
 
 
-def _probe_dict(r: Any, y: np.ndarray, present: np.ndarray) -> dict[str, Any]:
-    """A ProbeResult as plain data (pickled by cache_data)."""
+def _probe_stamp(root: str, aoi: str, model: str, features: str, dropped_channels: tuple) -> tuple:
+    """What a probe's inputs were built from: the store and the embeddings (incl. drop scenarios) it reads."""
+    if features == "hand-crafted":
+        return (store_stamp(root, aoi),)
+    if features == "random-init":
+        return (store_stamp(root, aoi), embeddings_stamp(root, aoi, model, "random-init"))
+    mods = sorted({m for m, _ in dropped_channels})
+    return (store_stamp(root, aoi), embeddings_stamp(root, aoi, model)) + tuple(
+        embeddings_stamp(root, aoi, model, drop_scenario(m, sorted(c for mm, c in dropped_channels if mm == m)))
+        for m in mods)
+
+
+def _probe_dict(r: Any, present: np.ndarray) -> dict[str, Any]:
+    """A ProbeResult as plain data (pickled by cache_data); chips without any input get no prediction."""
     d = r if isinstance(r, dict) else dict(vars(r))
-    return {k: (np.asarray(v) if isinstance(v, (list, tuple)) and k != "metrics" else v) for k, v in d.items()}
+    d = {k: (np.asarray(v) if isinstance(v, (list, tuple)) and k != "metrics" else v) for k, v in d.items()}
+    if d.get("all_predictions") is not None:
+        pred = np.asarray(d["all_predictions"], dtype=np.float64).copy()
+        if pred.shape == present.shape:
+            pred[~present] = np.nan  # a zero vector (nothing present) would otherwise get a prediction on the map
+        d["all_predictions"] = pred
+    return d

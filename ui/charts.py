@@ -61,7 +61,7 @@ def selected_chip_ids(event: object, points: pd.DataFrame) -> list[str]:
 
 
 def learning_curve_chart(curves: pd.DataFrame, full_score: float | None, metric: str, height: int = 360) -> alt.LayerChart:
-    """Score vs label budget (log axis): one line with a min-max band per series, and the full-label line.
+    """Score vs label budget (log axis): one line with a ± 1 std band per series, and the full-label line.
 
     `curves` has columns budget, series, mean, lo, hi.
     """
@@ -76,8 +76,8 @@ def learning_curve_chart(curves: pd.DataFrame, full_score: float | None, metric:
             alt.Tooltip("series:N"),
             alt.Tooltip("budget:Q"),
             alt.Tooltip("mean:Q", format=".3f"),
-            alt.Tooltip("lo:Q", format=".3f", title="min"),
-            alt.Tooltip("hi:Q", format=".3f", title="max"),
+            alt.Tooltip("lo:Q", format=".3f", title="mean - 1 std"),
+            alt.Tooltip("hi:Q", format=".3f", title="mean + 1 std"),
         ],
     )
     layers = [band, line]
@@ -90,8 +90,9 @@ def learning_curve_chart(curves: pd.DataFrame, full_score: float | None, metric:
     return alt.layer(*layers).properties(height=height)
 
 
-def predicted_vs_true_chart(y_true: np.ndarray, y_pred: np.ndarray, task: str, height: int = 360) -> alt.LayerChart:
-    """Scatter of predicted vs true label fractions on held-out chips, with the y = x line."""
+def predicted_vs_true_chart(y_true: np.ndarray, y_pred: np.ndarray, task: str, height: int = 360,
+                            predicted_title: str | None = None) -> alt.LayerChart:
+    """Scatter of predicted vs true label fractions (or P(present), titled so) on held-out chips, with y = x."""
     frame = pd.DataFrame({"true": np.asarray(y_true, float), "predicted": np.asarray(y_pred, float)})
     lo = float(np.nanmin([frame.min().min(), 0.0]))
     hi = float(np.nanmax([frame.max().max(), 1.0]))
@@ -100,7 +101,7 @@ def predicted_vs_true_chart(y_true: np.ndarray, y_pred: np.ndarray, task: str, h
         .mark_circle(size=22, opacity=0.6)
         .encode(
             x=alt.X("true:Q", title=f"true {task} fraction", scale=alt.Scale(domain=[lo, hi])),
-            y=alt.Y("predicted:Q", title=f"predicted {task} fraction", scale=alt.Scale(domain=[lo, hi])),
+            y=alt.Y("predicted:Q", title=predicted_title or f"predicted {task} fraction", scale=alt.Scale(domain=[lo, hi])),
             tooltip=[alt.Tooltip("true:Q", format=".3f"), alt.Tooltip("predicted:Q", format=".3f")],
         )
     )
