@@ -384,9 +384,15 @@ class ChipIndex:
         ps._ivf = ivf  # keep the python object alive as long as ps
         return ps
 
+    def _gpu_fetch_factor(self) -> int:
+        """How many candidates per result the GPU index is asked for: a refined IVF-PQ asks its base for k * k_factor."""
+        if self.kind == "ivfpq" and self.params.get("refine", True):
+            return max(1, math.ceil(float(self.params.get("k_factor", 1))))
+        return 1
+
     def _raw_search(self, q: np.ndarray, k: int, mask: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """One FAISS search of k results (k <= ntotal), optionally through a bitmap selector."""
-        if self.on_gpu and mask is None and k <= GPU_MAX_K:
+        if self.on_gpu and mask is None and k * self._gpu_fetch_factor() <= GPU_MAX_K:
             return self._gpu_index.search(q, k)
         sel = bitmap = None
         if mask is not None:
@@ -435,7 +441,7 @@ class ChipIndex:
         """GPU indexes take no selectors: fetch more than k, drop disallowed rows, grow until k remain."""
         fetch = min(self.ntotal, max(2 * k, math.ceil(1.5 * k * self.ntotal / n_allowed)))
         while True:
-            if fetch > GPU_MAX_K:  # beyond the GPU limit the CPU index with a selector is exact and simpler
+            if fetch * self._gpu_fetch_factor() > GPU_MAX_K:  # beyond the GPU limit: the CPU index with a selector
                 return self._raw_search_cpu_selector(q, k, mask)
             s, p = self._gpu_index.search(q, fetch)
             ok = (p >= 0) & mask[np.clip(p, 0, None)]
