@@ -310,9 +310,10 @@ def _build_cmd(ws: Workspace, aoi: str, scenario: str) -> str:
 
 
 def embeddings_state(ws: Workspace, aoi: str, checkpoint: str | Path = SHIPPED_CHECKPOINT,
-                     scenario: str = SCENARIO_FULL, store: ChipStore | None = None) -> tuple[str, str]:
+                     scenario: str = SCENARIO_FULL, store: ChipStore | None = None,
+                     model_name: str | None = None) -> tuple[str, str]:
     """('built' | 'missing' | 'stale', detail) of an AOI's embeddings against the checkpoint and store."""
-    out = embeddings_dir(ws, aoi, model_name_of(checkpoint), scenario)
+    out = embeddings_dir(ws, aoi, model_name or model_name_of(checkpoint), scenario)
     meta_f = out / "meta.json"
     if not meta_f.is_file():
         return "missing", f"no embeddings at {out}"
@@ -422,7 +423,7 @@ def embed_aoi(
     model_name = model_name or model_name_of(checkpoint)
     store = ws.open_store(aoi)
     out = embeddings_dir(ws, aoi, model_name, scenario)
-    state, _ = embeddings_state(ws, aoi, checkpoint, scenario, store) if model_name == model_name_of(checkpoint) else ("missing", "")
+    state, _ = embeddings_state(ws, aoi, checkpoint, scenario, store, model_name=model_name)
     if state == "built" and not overwrite:
         if progress_cb:
             progress_cb(1.0, f"{aoi} {scenario}: up to date")

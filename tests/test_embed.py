@@ -125,6 +125,11 @@ def test_embed_aoi_skip_resume_and_load(setup, tmp_path):
     mtime = (out / "fused.npy").stat().st_mtime_ns
     embed_aoi(ws, "conus", ckpt, "full", batch_size=4, shard_chips=8, progress=False, num_threads=1)
     assert (out / "fused.npy").stat().st_mtime_ns == mtime, "an up-to-date run must not rewrite"
+    named = embed_aoi(ws, "conus", ckpt, "full", model_name="renamed", progress=False, num_threads=1)
+    assert embeddings_state(ws, "conus", ckpt, model_name="renamed")[0] == "built"
+    named_mtime = (named / "fused.npy").stat().st_mtime_ns
+    embed_aoi(ws, "conus", ckpt, "full", model_name="renamed", progress=False, num_threads=1)
+    assert (named / "fused.npy").stat().st_mtime_ns == named_mtime, "a custom model name is skipped when up to date too"
 
     # Interrupt a fresh run after its second shard, then resume: identical arrays, finished shards reused.
     ws2 = Workspace(tmp_path / "ws2")
