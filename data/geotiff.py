@@ -400,7 +400,9 @@ _DATE_PATTERNS = (
     (re.compile(r"(?<!\d)(\d{4})/(\d{2})/(\d{2})"), "%Y/%m/%d"),
     (re.compile(r"(?<![\dA-Za-z])(\d{4})(\d{2})(\d{2})(?!\d)"), "%Y%m%d"),
 )
-_DATE_TAGS = ("ACQUISITION_DATE", "acquisition_date", "DATE_ACQUIRED", "SENSING_TIME", "TIFFTAG_DATETIME", "datetime")
+_DATE_TAGS = ("ACQUISITION_DATE", "acquisition_date", "DATE_ACQUIRED", "SENSING_TIME")
+# When the file was written, not when it was sensed: only if neither the tags above nor the file name say.
+_WRITE_DATE_TAGS = ("TIFFTAG_DATETIME", "datetime")
 
 
 def parse_date(*texts: str | None) -> str | None:
@@ -420,6 +422,7 @@ def parse_date(*texts: str | None) -> str | None:
 
 
 def raster_date(info: RasterInfo) -> str | None:
-    """Acquisition date of a raster from its tags, else from its file name."""
+    """Acquisition date of a raster from its acquisition tags, else its file name, else its write-date tag."""
     tag_vals = [info.tags.get(k) for k in _DATE_TAGS]
-    return parse_date(*[v for v in tag_vals if v], info.path.name)
+    late = [info.tags.get(k) for k in _WRITE_DATE_TAGS]
+    return parse_date(*[v for v in tag_vals if v], info.path.name, *[v for v in late if v])

@@ -291,3 +291,18 @@ def test_help_explains():
     with pytest.raises(SystemExit) as e:
         main(["geotiff", "--help"])
     assert e.value.code == 0
+
+
+def test_acquisition_date_prefers_sensing_tags_then_name_over_the_write_date():
+    from rasterio.crs import CRS
+
+    from data.geotiff import RasterInfo, raster_date
+
+    def info(name: str, **tags: str) -> RasterInfo:
+        return RasterInfo(Path(name), CRS.from_epsg(32633), Affine.identity(), 1, 1, 1, "uint16", None, (None,), tags)
+
+    written = {"TIFFTAG_DATETIME": "2024-03-05T10:00:00"}
+    assert raster_date(info("S2A_MSIL2A_20210704T101031_B04.tif", **written)) == "2021-07-04"
+    assert raster_date(info("b04.tif", ACQUISITION_DATE="2020-01-02", **written)) == "2020-01-02"
+    assert raster_date(info("b04.tif", **written)) == "2024-03-05"
+    assert raster_date(info("b04.tif")) is None
