@@ -138,8 +138,27 @@ def run_size(n: int, dim: int, k: int, clicks: int, naive_clicks: int, store, se
     }
 
 
+def format_table(report: dict) -> str:
+    """The report as a table: per size and variant, median / p95 ms of each stage; then the speed-up."""
+    stages = ("search", "layer_json", "thumbnails", "total")
+    head = f"{'chips':>8} {'variant':<10} " + " ".join(f"{s + ' ms':>20}" for s in stages)
+    lines = [head, "-" * len(head)]
+    for r in report["results"]:
+        for variant in ("optimised", "naive"):
+            cells = [f"{r[variant][s]['median_ms']:>9.1f} / {r[variant][s]['p95_ms']:>8.1f}" for s in stages]
+            lines.append(f"{r['chips']:>8} {variant:<10} " + " ".join(f"{c:>20}" for c in cells))
+        other = r["optimised"].get("index_search_per_other_aoi")
+        lines.append(f"{'':>8} {'':<10} {r['index_kind']} index; each other AOI searched adds "
+                     f"{other['median_ms']:.1f} ms" if other else "")
+    lines.append("(median / p95 ms; total excludes other AOIs)")
+    for r in report["results"]:
+        lines.append(f"{r['chips']:,} chips: optimised total {r['optimised']['total']['median_ms']:.0f} ms median, "
+                     f"{r['optimised']['total']['p95_ms']:.0f} ms p95; naive / optimised = {r['speedup_median_total']:.1f}x")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Command line: time clicks at each --sizes and print a JSON report (optionally --out FILE)."""
+    """Command line: time clicks at each --sizes and print a table (and a JSON report with --out FILE)."""
     ap = argparse.ArgumentParser(prog="python -m benchmarks.bench_app", description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     ap.add_argument("--sizes", type=int, nargs="+", default=[10_000, 150_000], help="chips per AOI")
@@ -162,8 +181,8 @@ def main(argv: list[str] | None = None) -> int:
         report = {"benchmark": "bench_app: server-side click-to-results", "data": "synthetic vectors and grid; simulated thumbnails",
                   "threads": args.threads, "results": [run_size(n, args.dim, args.k, args.clicks, args.naive_clicks, store)
                                                         for n in args.sizes]}
+    print(format_table(report))
     text = json.dumps(report, indent=2)
-    print(text)
     if args.out:
         from data.atomic import atomic_write_text
 

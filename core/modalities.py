@@ -11,6 +11,8 @@ so new seasonal or baseline variants need no code.
 
 from __future__ import annotations
 
+import warnings
+
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -104,7 +106,9 @@ class Modality:
 
         if self.key == "s2rgb":
             planes = [first(b) for b in ("B4", "B3", "B2")]
-            fill = np.nanmean([p for p in planes if p is not None], axis=0)
+            with np.errstate(invalid="ignore"), warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)  # an all-NaN pixel (cloud mask) stays NaN
+                fill = np.nanmean([p for p in planes if p is not None], axis=0)
             rgb = np.stack([p if p is not None else fill for p in planes], axis=-1)
             rgb = np.clip(rgb / 0.3, 0, 1) ** (1 / 1.6)
         elif self.key == "s1amp":
