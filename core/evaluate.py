@@ -106,7 +106,7 @@ def _impute(x: np.ndarray) -> np.ndarray:
 def probe_rows(X: np.ndarray, y: np.ndarray, valid: np.ndarray, *, budgets: Sequence[int | None], task: str,
                estimator: str, repeats: int, seed: int, clip: bool = False) -> list[dict]:
     """One row per budget: metric means/stds over repeats on the fixed test split (budgets above the pool skipped, or clipped)."""
-    valid = valid & np.isfinite(y)
+    present, valid = valid, valid & np.isfinite(y)
     if valid.sum() < 10:
         return []
     pool, test = split_pool_test(len(y), valid, test_fraction=TEST_FRACTION, seed=seed)
@@ -117,7 +117,7 @@ def probe_rows(X: np.ndarray, y: np.ndarray, valid: np.ndarray, *, budgets: Sequ
                 continue
             b = len(pool)  # a budget above the pool cannot be drawn; 'all' covers it
         res = fit_probe(X, y, task=task, estimator=estimator, budget=b, repeats=repeats if b is not None else 1,
-                        seed=seed, pool=pool, test=test, presence_threshold=PRESENCE_THRESHOLD)
+                        seed=seed, pool=pool, test=test, presence_threshold=PRESENCE_THRESHOLD, valid=present)
         row = {"budget": budget_label(b), "n_train": int(res.n_train), "n_pool": len(pool), "n_test": len(test)}
         for name, (mean, std) in res.metrics.items():
             row[f"{name}_mean"], row[f"{name}_std"] = float(mean), float(std)

@@ -216,12 +216,23 @@ def _draw_rng(seed: int, budget: int | None) -> np.random.Generator:
 
 def fit_probe(X: np.ndarray, y: np.ndarray, *, task: str, estimator: str = "ridge", budget: int | str | None = None,
               repeats: int = 10, seed: int = 0, pool: np.ndarray | None = None, test: np.ndarray | None = None,
-              presence_threshold: float = 0.05, test_fraction: float = 0.3, n_jobs: int = 2) -> ProbeResult:
-    """Probe one task at one label budget: `repeats` random draws of `budget` pool chips, scored on the test set."""
+              presence_threshold: float = 0.05, test_fraction: float = 0.3, n_jobs: int = 2,
+              valid: np.ndarray | None = None) -> ProbeResult:
+    """Probe one task at one label budget: `repeats` random draws of `budget` pool chips, scored on the test set.
+
+    valid: optional bool [N], rows whose features mean something (e.g. the embedding's presence flag: a
+    chip without the modality has a zero vector, finite but meaningless). Invalid rows are treated like
+    rows with NaN features: left out of the split and the standardisation, and predicted as NaN.
+    """
     _check_task(task)
     _check_estimator(estimator)
     X, y = _as_xy(X, y)
     finite_x = np.isfinite(X).all(axis=1)
+    if valid is not None:
+        valid = np.asarray(valid, dtype=bool)
+        if valid.shape != (len(y),):
+            raise ProbeError(f"valid must be a bool array of shape ({len(y)},), got {valid.shape}")
+        finite_x &= valid
     if not finite_x.any():
         raise ProbeError("every feature row has NaN/inf values: impute or drop missing features before probing")
     if (pool is None) != (test is None):
@@ -300,7 +311,7 @@ def learning_curve(X: np.ndarray, y: np.ndarray, *, budgets: Sequence[int | str 
                    task: str, estimator: str = "ridge", repeats: int = 10, seed: int = 0,
                    pool: np.ndarray | None = None, test: np.ndarray | None = None,
                    presence_threshold: float = 0.05, test_fraction: float = 0.3, n_jobs: int = 2,
-                   skip_too_large: bool = True) -> pd.DataFrame:
+                   skip_too_large: bool = True, valid: np.ndarray | None = None) -> pd.DataFrame:
     """Tidy table, one row per (budget, metric): budget ('all' = full pool), n_train, mean, std, ratio_to_full.
 
     Budgets above the pool are skipped (listed in `df.attrs["skipped"]`) unless `skip_too_large=False`,
@@ -311,10 +322,10 @@ def learning_curve(X: np.ndarray, y: np.ndarray, *, budgets: Sequence[int | str 
     _check_estimator(estimator)
     X, y = _as_xy(X, y)
     if pool is None and test is None:
-        finite_x = np.isfinite(X).all(axis=1)
+        finite_x = np.isfinite(X).all(axis=1) & (True if valid is None else np.asarray(valid, dtype=bool))
         pool, test = split_pool_test(len(y), np.isfinite(y) & finite_x, test_fraction=test_fraction, seed=seed)
     kw = dict(task=task, estimator=estimator, repeats=repeats, seed=seed, pool=pool, test=test,
-              presence_threshold=presence_threshold, n_jobs=n_jobs)
+              presence_threshold=presence_threshold, n_jobs=n_jobs, valid=valid)
     full = fit_probe(X, y, budget=None, **kw)
     rows, skipped = [], []
     for b in budgets:

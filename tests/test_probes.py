@@ -168,3 +168,16 @@ def test_clear_errors():
         learning_curve(X, y, task="nope")
     with pytest.raises(ProbeError, match="larger than the training pool"):
         learning_curve(X, y, task="water", budgets=(10, 1000), skip_too_large=False)
+
+
+def test_rows_marked_invalid_are_left_out_and_not_predicted():
+    X, y = synthetic(600, 16)
+    valid = np.ones(600, dtype=bool)
+    valid[:100] = False
+    X = X.copy()
+    X[:100] = 0.0  # a modality absent: zero vectors, finite but meaningless
+    r = fit_probe(X, y, task="cropland", budget=50, repeats=2, seed=0, valid=valid)
+    assert not np.isin(np.arange(100), np.r_[r.pool_idx, r.test_idx]).any()
+    assert np.isnan(r.all_predictions[:100]).all() and np.isfinite(r.all_predictions[100:]).all()
+    with pytest.raises(ProbeError, match="valid"):
+        fit_probe(X, y, task="cropland", budget=50, valid=valid[:10])

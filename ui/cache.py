@@ -274,7 +274,8 @@ def _probe(root, aoi, model, features, dropped_modalities, dropped_channels, tas
 
     x, y, present = _probe_inputs(root, aoi, model, features, dropped_modalities, dropped_channels, task)
     pool, test = split_pool_test(len(y), np.isfinite(y) & present, seed=0)
-    r = fit_probe(x, y, task=task, estimator=estimator, budget=budget, repeats=repeats, seed=0, pool=pool, test=test)
+    r = fit_probe(x, y, task=task, estimator=estimator, budget=budget, repeats=repeats, seed=0, pool=pool, test=test,
+                  valid=present)
     return _probe_dict(r, present)
 
 
@@ -293,7 +294,8 @@ def _curve(root, aoi, model, features, dropped_modalities, dropped_channels, tas
 
     x, y, present = _probe_inputs(root, aoi, model, features, dropped_modalities, dropped_channels, task)
     pool, test = split_pool_test(len(y), np.isfinite(y) & present, seed=0)
-    return learning_curve(x, y, budgets=budgets, task=task, estimator=estimator, repeats=repeats, seed=0, pool=pool, test=test)
+    return learning_curve(x, y, budgets=budgets, task=task, estimator=estimator, repeats=repeats, seed=0, pool=pool,
+                          test=test, valid=present)
 
 
 def curve(root: str, aoi: str, model: str, *, task: str, estimator: str, budgets: tuple, repeats: int,
