@@ -1,4 +1,4 @@
-"""Embedding explorer: a UMAP of the AOI's embeddings; colour by label or modality availability; select to map."""
+"""Embedding explorer: a UMAP of one AOI's (or all AOIs') embeddings; colour by label, AOI or availability; select to map."""
 
 from __future__ import annotations
 
@@ -44,32 +44,62 @@ with page_guard("embedding explorer"):
     store = cache.store(ctx.root, ctx.aoi)
     emb = cache.embeddings(ctx.root, ctx.aoi, model)
     keys = [k for k in search.SPACES if k in emb.vectors]
-    c1, c2 = st.columns(2)
+    c1, c2, c3 = st.columns([3, 3, 2])
     key = c1.selectbox("Embedding", keys, format_func=search.space_name, key="exp_key")
-    known = [t for t in LABEL_TASKS if np.isfinite(store.labels(t)).any()]
-    color = c2.selectbox("Colour by", [*known, "modality availability"], key="exp_color",
-                         help="A label fraction of the chip, or which modalities the chip has.")
-    with st.spinner("Computing the UMAP projection (once per AOI and embedding; stored in the workspace)…"):
-        xy = cache.umap(ctx.root, ctx.aoi, model, key)
-    points = pd.DataFrame({"x": xy[:, 0], "y": xy[:, 1], "chip_id": emb.chip_ids, "position": np.arange(len(emb))})
-    for t in known:
-        points[t] = store.labels(t)
-    points["availability"] = availability(emb)
-    present = emb.present[key]
-    points = points[present & np.isfinite(points["x"].to_numpy())]
+    scope = c3.radio("Points", ["this AOI", "all AOIs"], key="exp_scope", horizontal=True,
+                     help="All AOIs: one UMAP of every AOI's embeddings together (computed once, then cached).")
+    aois = [ctx.aoi]
+    if scope == "all AOIs":
+        built = [a for a in ctx.aois if cache.embeddings_stamp(ctx.root, a, model)]
+        aois = [ctx.aoi] + [a for a in built if a != ctx.aoi]
+        if len(built) < len(ctx.aois):
+            st.caption(f"Not shown (no embeddings yet): {', '.join(a for a in ctx.aois if a not in built)}.")
+    stores = {a: cache.store(ctx.root, a) for a in aois}
+    embs = {a: (emb if a == ctx.aoi else cache.embeddings(ctx.root, a, model)) for a in aois}
+    known = [t for t in LABEL_TASKS if any(np.isfinite(stores[a].labels(t)).any() for a in aois)]
+    options = [*known, *(["AOI"] if len(aois) > 1 else []), "modality availability"]
+    color = c2.selectbox("Colour by", options, key="exp_color",
+                         help="A label fraction of the chip, its AOI, or which modalities the chip has.")
+    if len(aois) == 1:
+        with st.spinner("Computing the UMAP projection (once per AOI and embedding; stored in the workspace)…"):
+            xy = cache.umap(ctx.root, ctx.aoi, model, key)
+    else:
+        n_all = sum(len(embs[a]) for a in aois)
+        with st.spinner(f"Computing one UMAP of {n_all:,} chips from {len(aois)} AOIs (about a minute per 10,000 "
+                        "chips on 2 cores, once; then stored in the workspace)…"):
+            xy = cache.umap_joint(ctx.root, aois, model, key)
+    frames = []
+    for a in aois:
+        e, st_a = embs[a], stores[a]
+        f = pd.DataFrame({"aoi": a, "chip_id": e.chip_ids if len(aois) == 1 else [f"{a}:{c}" for c in e.chip_ids],
+                          "position": np.arange(len(e)), "availability": availability(e), "present": e.present[key]})
+        for t in known:
+            f[t] = st_a.labels(t)
+        frames.append(f)
+    points = pd.concat(frames, ignore_index=True)
+    points["x"], points["y"] = xy[:, 0], xy[:, 1]
+    points["AOI"] = points["aoi"].map(lambda a: cache.aoi_label(ctx.root, a))
+    points = points[points["present"].to_numpy() & np.isfinite(points["x"].to_numpy())].drop(columns="present")
     if points.empty:
         raise UserError(f"No chip of this AOI has {search.space_name(key)} embeddings.", "Choose another embedding.")
     drawn = points.sample(MAX_POINTS, random_state=0) if len(points) > MAX_POINTS else points
     if len(drawn) < len(points):
         st.caption(f"Showing a random {len(drawn):,} of {len(points):,} chips.")
-    tooltip = ["chip_id", *[f"{t}:Q" for t in known], "availability:N"]
-    chart = charts.embedding_scatter(drawn, color if color in known else "availability", tooltip=tooltip)
+    tooltip = ["AOI", "chip_id", *[f"{t}:Q" for t in known], "availability:N"]
+    colour_field = color if color in known or color == "AOI" else "availability"
+    chart = charts.embedding_scatter(drawn, colour_field, tooltip=tooltip)
     event = st.altair_chart(chart, on_select="rerun", selection_mode=[charts.POINT_SELECTION, charts.BRUSH_SELECTION],
                             key="exp_chart", width="stretch")
+    simulated = any(stores[a].meta.simulated for a in aois)
     st.caption("Drag a box (or click a point) to show those chips on the map; double-click to clear."
-               + (" Simulated AOI." if store.meta.simulated else ""))
+               + (f" The map shows {cache.aoi_label(ctx.root, ctx.aoi)}; choose another AOI in the sidebar for its chips."
+                  if len(aois) > 1 else "")
+               + (" Simulated data." if simulated else ""))
 
     picked = charts.selected_chip_ids(event, drawn)
+    if len(aois) > 1:  # joint ids are "<aoi>:<chip_id>": the map below shows the sidebar's AOI only
+        prefix = f"{ctx.aoi}:"
+        picked = [c[len(prefix):] for c in picked if c.startswith(prefix)]
     geometry = cache.geometry(ctx.root, ctx.aoi)
     task = color if color in known else (known[0] if known else None)
     values = store.labels(task) if task else np.full(len(store), np.nan)

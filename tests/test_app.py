@@ -309,6 +309,16 @@ def test_explorer_projects_and_colours(app_ws):
     proj = list(Workspace(app_ws).artifact_dir("projections").rglob("*"))
     assert proj, "the UMAP projection is not stored in the workspace"
 
+    # All AOIs in one UMAP, coloured by AOI: both AOIs' chips are drawn.
+    at.radio(key="exp_scope").set_value("all AOIs").run()
+    at.selectbox(key="exp_color").set_value("AOI").run()
+    assert_clean(at)
+    spec3 = json.loads(at.get("vega_lite_chart")[0].proto.spec)
+    assert "AOI" in json.dumps(spec3["encoding"]["color"])
+    assert (Workspace(app_ws).artifact_dir("projections", "all-aois") / CHECKPOINT_NAME / "full" / "fused.npy").is_file()
+    n_joint = len(np.load(Workspace(app_ws).artifact_dir("projections", "all-aois") / CHECKPOINT_NAME / "full" / "fused.npy"))
+    assert n_joint == sum(len(Workspace(app_ws).open_store(a)) for a in ("conus", "south_america"))
+
 
 def _metric_values(at: AppTest) -> dict[str, str]:
     return {m.label: m.value for m in at.metric}

@@ -184,6 +184,30 @@ def umap(root: str, aoi: str, model: str, key: str):
     return _umap(root, aoi, model, key, embeddings_stamp(root, aoi, model))
 
 
+ALL_AOIS = "all-aois"
+"""Projection folder of the joint UMAP of several AOIs (under projections/, beside the per-AOI folders)."""
+
+
+@st.cache_data(max_entries=8, show_spinner=False)
+def _umap_joint(root: str, aois: tuple[str, ...], model: str, key: str, stamps: tuple):
+    from core.project import project_aoi
+
+    embs = [_embeddings(root, a, model, "full", s) for a, s in zip(aois, stamps)]
+    vectors = np.concatenate([e.get(key)[0] for e in embs])
+    present = np.concatenate([e.get(key)[1] for e in embs])
+    ids = np.concatenate([[f"{a}:{c}" for c in e.chip_ids] for a, e in zip(aois, embs)])
+    # Cached in the workspace by content (the vectors' digest), so a rebuilt AOI recomputes it.
+    return project_aoi(Workspace(root), ALL_AOIS, model, key, vectors=vectors, present=present, chip_ids=ids)
+
+
+def umap_joint(root: str, aois: "list[str] | tuple[str, ...]", model: str, key: str):
+    """2-D UMAP of several AOIs' embeddings in one space: rows in the order of `aois`, each AOI in store order."""
+    for a in aois:
+        embeddings(root, a, model)
+    aois = tuple(aois)
+    return _umap_joint(root, aois, model, key, tuple(embeddings_stamp(root, a, model) for a in aois))
+
+
 def drop_scenario(modality: str, channels: "list[str] | tuple[str, ...]") -> str:
     """Embedding scenario name for a modality embedded without some of its channels."""
     return f"drop-{modality}-{'+'.join(channels)}"
