@@ -239,21 +239,18 @@ def build(ws: Workspace | None = None, aois: Sequence[str] | None = None, steps:
                           seconds=round(time.perf_counter() - t0, 1))
                 actions.append({"aoi": aoi, "step": step, "action": "built" if state == "missing" else "rebuilt",
                                 "seconds": round(time.perf_counter() - t0, 1)})
-        elif step == "index":
-            state, _ = _index_state(ws, aoi, model_name)
+        else:  # index / projection: both derived from the full embeddings
+            state, _ = (_index_state if step == "index" else projection_state)(ws, aoi, model_name)
             if state != "built":
                 if embeddings_state(ws, aoi, checkpoint, SCENARIO_FULL)[0] != "built":
-                    raise PipelineError(f"cannot index {aoi}: its embeddings are not built; run the 'embeddings' step")
-                counts = _build_indexes(ws, aoi, model_name)
-                ws.record(f"indexes/{aoi}/{model_name}", vectors=counts, seconds=round(time.perf_counter() - t0, 1))
-                actions.append({"aoi": aoi, "step": step, "action": "built" if state == "missing" else "rebuilt",
-                                "seconds": round(time.perf_counter() - t0, 1)})
-        elif step == "projection":
-            state, _ = projection_state(ws, aoi, model_name)
-            if state != "built":
-                if embeddings_state(ws, aoi, checkpoint, SCENARIO_FULL)[0] != "built":
-                    raise PipelineError(f"cannot project {aoi}: its embeddings are not built; run the 'embeddings' step")
-                project_aoi(ws, aoi, model_name, "fused")
+                    raise PipelineError(f"cannot build the {step} of {aoi}: its embeddings are not built; "
+                                        "run the 'embeddings' step")
+                if step == "index":
+                    info = {"vectors": _build_indexes(ws, aoi, model_name)}
+                else:
+                    info = {"points": len(project_aoi(ws, aoi, model_name, "fused"))}
+                ws.record(f"{'indexes' if step == 'index' else 'projections'}/{aoi}/{model_name}", **info,
+                          seconds=round(time.perf_counter() - t0, 1))
                 actions.append({"aoi": aoi, "step": step, "action": "built" if state == "missing" else "rebuilt",
                                 "seconds": round(time.perf_counter() - t0, 1)})
         report(step, (i + 1) / len(tasks), f"{aoi} {step} done")
