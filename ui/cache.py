@@ -248,9 +248,7 @@ def probe_features(root: str, aoi: str, model: str, dropped_modalities: tuple[st
 
             raise UserError(f"Embeddings without {mod} {', '.join(chans)} are not built yet.",
                             "Press the button below to build them.", "info")
-    stamp = (embeddings_stamp(root, aoi, model),) + tuple(
-        embeddings_stamp(root, aoi, model, drop_scenario(m, sorted(c for mm, c in dropped_channels if mm == m)))
-        for m in sorted({m for m, _ in dropped_channels}))
+    stamp = _probe_stamp(root, aoi, model, "embeddings", dropped_channels)[1:]  # the embeddings' stamps
     dc = tuple(sorted(dropped_channels))
     return _features(root, aoi, model, tuple(sorted(dropped_modalities)), dc, stamp)
 
@@ -300,7 +298,7 @@ def _probe(root, aoi, model, features, dropped_modalities, dropped_channels, tas
     pool, test = split_pool_test(len(y), np.isfinite(y) & present, seed=0)
     r = fit_probe(x, y, task=task, estimator=estimator, budget=budget, repeats=repeats, seed=0, pool=pool, test=test,
                   valid=present)
-    return _probe_dict(r, present)
+    return _probe_dict(r)  # fit_probe(valid=present) already leaves chips without input unpredicted
 
 
 def probe(root: str, aoi: str, model: str, *, task: str, estimator: str, budget: int | None, repeats: int,
@@ -343,13 +341,7 @@ def _probe_stamp(root: str, aoi: str, model: str, features: str, dropped_channel
         for m in mods)
 
 
-def _probe_dict(r: Any, present: np.ndarray) -> dict[str, Any]:
-    """A ProbeResult as plain data (pickled by cache_data); chips without any input get no prediction."""
+def _probe_dict(r: Any) -> dict[str, Any]:
+    """A ProbeResult as plain data (pickled by cache_data)."""
     d = r if isinstance(r, dict) else dict(vars(r))
-    d = {k: (np.asarray(v) if isinstance(v, (list, tuple)) and k != "metrics" else v) for k, v in d.items()}
-    if d.get("all_predictions") is not None:
-        pred = np.asarray(d["all_predictions"], dtype=np.float64).copy()
-        if pred.shape == present.shape:
-            pred[~present] = np.nan  # a zero vector (nothing present) would otherwise get a prediction on the map
-        d["all_predictions"] = pred
-    return d
+    return {k: (np.asarray(v) if isinstance(v, (list, tuple)) and k != "metrics" else v) for k, v in d.items()}
