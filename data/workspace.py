@@ -73,6 +73,10 @@ class Workspace:
         """Open the chip store of an AOI."""
         return ChipStore.open(self.store_path(aoi))
 
+    def labelsets_dir(self, aoi: str) -> Path:
+        """Folder of an AOI's saved label sets (`data.labelsets`)."""
+        return self.root / "labelsets" / self._safe(aoi)
+
     def artifact_dir(self, kind: str, *parts: str) -> Path:
         """Folder for a derived artifact, e.g. `artifact_dir("embeddings", aoi, model_name)`."""
         if kind not in ARTIFACT_KINDS:
