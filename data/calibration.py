@@ -42,7 +42,7 @@ from typing import Sequence
 import numpy as np
 import rasterio
 
-from data.landcover import BARE, BUILTUP, CLASS_NAMES, CROPLAND, FOREST, GRASSLAND, WATER
+from data.landcover import BARE, BUILTUP, CROPLAND, FOREST, GRASSLAND, WATER
 
 # ----------------------------------------------------------------------------------------------------
 # Class assignment of the real samples
