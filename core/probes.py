@@ -10,8 +10,8 @@ unknown). The protocol, deterministic given `seed`:
    scores it on the whole test set; metrics are the mean and std over draws. Budget `None` ("all")
    is the full-label reference: the whole pool, one draw.
 
-Estimators: `ridge` (scikit-learn's `RidgeCV`: alpha chosen from a fixed log grid by its efficient
-leave-one-out error), `random_forest`, `knn` (k = min(10, n)) and `logistic` (presence = fraction >
+Estimators: `ridge` (`ridge_loo`: scikit-learn RidgeCV's estimator, alpha chosen from a fixed log grid by
+the exact leave-one-out error, vectorised over the grid from one SVD), `random_forest`, `knn` (k = min(10, n)) and `logistic` (presence = fraction >
 `presence_threshold`; metric F1). Regression predictions are clipped to [0, 1]; metrics R², MAE,
 Pearson r. Features are standardised with the mean/std of all chips with finite features (no labels
 are used, so this leaks nothing from the test labels) for the linear estimators.
@@ -25,8 +25,8 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 from sklearn.ensemble import RandomForestRegressor
-from sklearn.linear_model import LogisticRegression, RidgeCV
-from sklearn.metrics import f1_score, mean_absolute_error, r2_score
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import f1_score
 from sklearn.neighbors import KNeighborsRegressor
 
 from core.modalities import LABEL_TASKS
@@ -153,7 +153,91 @@ def split_pool_test(n: int, valid_mask: np.ndarray | None = None, *, test_fracti
     return np.sort(perm[n_test:]), np.sort(perm[:n_test])
 
 
+def blocked_split(rows: np.ndarray, cols: np.ndarray, valid: np.ndarray | None = None, *, block: int = 8,
+                  test_fraction: float = 0.3, seed: int = 0, buffer: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Spatially blocked (pool_idx, test_idx): whole `block` x `block` squares of the AOI's chip grid go to test.
+
+    rows, cols: the chips' grid position (the store index's `row` / `col`). The grid is cut into squares of
+    `block` x `block` chips, with a seeded origin offset (0..block-1 in each direction) so that different
+    seeds cut different squares. Squares holding valid chips are shuffled (seeded) and taken into the test
+    set until it holds `round(test_fraction * n_valid)` valid chips (the last square is kept whole, so the
+    test set is slightly larger or smaller than that). No square has chips in both sets, so train and test
+    are spatially disjoint up to the squares' common edges. `buffer` > 0 also drops pool chips within
+    `buffer` grid steps (Chebyshev distance) of any test chip, so no training chip touches a test chip.
+    Only valid rows enter either set; both are sorted store positions.
+    """
+    rows = np.asarray(rows)
+    cols = np.asarray(cols)
+    n = len(rows)
+    if rows.shape != (n,) or cols.shape != (n,):
+        raise ProbeError(f"rows and cols must be 1-D arrays of the same length, got {rows.shape} and {cols.shape}")
+    if n < 1:
+        raise ProbeError("empty input: no chips to split into a training pool and a test set")
+    if not (np.issubdtype(rows.dtype, np.integer) and np.issubdtype(cols.dtype, np.integer)):
+        if not (np.all(np.isfinite(rows)) and np.all(np.isfinite(cols)) and np.all(rows == np.round(rows))
+                and np.all(cols == np.round(cols))):
+            raise ProbeError("rows and cols must be integer grid positions (the store index's row/col columns)")
+    rows, cols = rows.astype(np.int64), cols.astype(np.int64)
+    valid = np.ones(n, dtype=bool) if valid is None else np.asarray(valid, dtype=bool)
+    if valid.shape != (n,):
+        raise ProbeError(f"valid has shape {valid.shape}, expected ({n},)")
+    if int(block) != block or block < 1:
+        raise ProbeError(f"block must be a positive integer number of chips per side, got {block!r}")
+    if not 0.0 < test_fraction < 1.0:
+        raise ProbeError(f"test_fraction must be in (0, 1), got {test_fraction}")
+    if int(buffer) != buffer or buffer < 0:
+        raise ProbeError(f"buffer must be a non-negative integer number of chips, got {buffer!r}")
+    block, buffer = int(block), int(buffer)
+    idx = np.flatnonzero(valid)
+    n_want = int(round(len(idx) * test_fraction))
+    if len(idx) < MIN_BUDGET + 1 or n_want < 1:
+        raise ProbeError(f"only {len(idx)} chips have a finite label and valid features: too few to hold out a "
+                         f"test set and keep a training pool of >= {MIN_BUDGET}; label more chips")
+    rng = np.random.default_rng([int(seed), 8_147])
+    off_r, off_c = (int(v) for v in rng.integers(0, block, size=2))
+    r0, c0 = rows.min(), cols.min()
+    br, bc = (rows - r0 + off_r) // block, (cols - c0 + off_c) // block
+    key = br * (int(bc.max()) + 1) + bc                               # one id per square
+    squares, inverse, counts = np.unique(key[idx], return_inverse=True, return_counts=True)
+    if len(squares) < 2:
+        raise ProbeError(f"the valid chips lie in a single {block} x {block} square: use a smaller block "
+                         "(the AOI grid is too small for a blocked split)")
+    order = rng.permutation(len(squares))
+    cum = np.cumsum(counts[order])
+    k = int(np.searchsorted(cum, n_want))                            # first k+1 squares reach n_want
+    # take k or k+1 squares, whichever lands nearer the target; always at least one, never all
+    if k >= len(squares) or (k > 0 and abs(cum[k - 1] - n_want) <= abs(cum[k] - n_want)):
+        k -= 1
+    k = min(max(k, 0), len(squares) - 2)
+    test_sq = np.zeros(len(squares), dtype=bool)
+    test_sq[order[:k + 1]] = True
+    is_test = test_sq[inverse]
+    test, pool = idx[is_test], idx[~is_test]
+    if buffer and len(pool):
+        near = np.zeros(len(pool), dtype=bool)
+        tr, tc = rows[test], cols[test]
+        for a in range(0, len(pool), 2048):
+            p = pool[a:a + 2048]
+            d = np.maximum(np.abs(rows[p, None] - tr[None]), np.abs(cols[p, None] - tc[None]))
+            near[a:a + 2048] = (d <= buffer).any(axis=1)
+        pool = pool[~near]
+    if len(pool) < MIN_BUDGET:
+        raise ProbeError(f"the blocked split leaves {len(pool)} pool chips (block {block}, buffer {buffer}): "
+                         "use a smaller block, buffer or test fraction")
+    return np.sort(pool), np.sort(test)
+
+
 # ----------------------------------------------------------------------------------------- estimators
+def standardise(X: np.ndarray, valid: np.ndarray | None = None) -> np.ndarray:
+    """Z-score the columns of X over the valid rows with finite features (no labels used); other rows become 0."""
+    X = np.asarray(X)
+    ok = np.isfinite(X).all(axis=1) & (True if valid is None else np.asarray(valid, dtype=bool))
+    if not ok.any():
+        return np.zeros(X.shape, dtype=np.float64)
+    mean, scale = _standardiser(X, np.flatnonzero(ok))
+    return np.where(ok[:, None], (X - mean) / scale, 0.0)
+
+
 def _standardiser(X: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Column mean and scale over `rows` (labels unused); constant columns get scale 1."""
     Xr = X[rows].astype(np.float64)
@@ -161,6 +245,35 @@ def _standardiser(X: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarr
     std = Xr.std(axis=0)
     std[std < 1e-12] = 1.0
     return mean, std
+
+
+def ridge_loo(X: np.ndarray, y: np.ndarray, alphas: np.ndarray = RIDGE_ALPHAS) -> tuple[np.ndarray, float, float]:
+    """Ridge with an unpenalised intercept, alpha chosen by exact leave-one-out error: (coef, intercept, alpha).
+
+    The same estimator and selection rule as scikit-learn's `RidgeCV(alphas)` (GCV mode: mean squared LOO
+    error), vectorised over the whole alpha grid from one thin SVD of the centred X: with X_c = U S V^T,
+    the hat matrix is 1/n + U diag(s^2 / (s^2 + alpha)) U^T and the LOO residual is (y - y_hat) / (1 - h).
+    Ties go to the smallest alpha, as in scikit-learn.
+    """
+    X = np.asarray(X, dtype=np.float64)
+    y = np.asarray(y, dtype=np.float64)
+    n = len(y)
+    xm, ym = X.mean(axis=0), y.mean()
+    Xc, yc = X - xm, y - ym
+    U, sv, Vt = np.linalg.svd(Xc, full_matrices=False)
+    s2 = sv ** 2
+    alphas = np.asarray(alphas, dtype=np.float64)
+    shrink = s2[:, None] / (s2[:, None] + alphas[None, :])            # [k, A]
+    uty = U.T @ yc                                                    # [k]
+    fitted = U @ (shrink * uty[:, None])                              # [n, A] centred predictions
+    h = np.square(U) @ shrink + 1.0 / n                               # [n, A] hat diagonal
+    with np.errstate(divide="ignore", invalid="ignore"):
+        loo = (yc[:, None] - fitted) / (1.0 - h)
+    err = np.where(np.isfinite(loo), loo, np.inf) ** 2
+    best = int(np.argmin(err.mean(axis=0)))
+    alpha = float(alphas[best])
+    coef = Vt.T @ ((sv / (s2 + alpha)) * uty)
+    return coef, float(ym - xm @ coef), alpha
 
 
 class _Fitted:
@@ -173,9 +286,9 @@ class _Fitted:
 def _fit(estimator: str, Xtr: np.ndarray, ytr: np.ndarray, *, seed: int, n_jobs: int) -> _Fitted:
     """Fit one estimator on one draw (features already standardised where the estimator needs it)."""
     if estimator == "ridge":
-        # Efficient leave-one-out over the alpha grid (scikit-learn's default GCV mode): one SVD per draw.
-        model = RidgeCV(alphas=RIDGE_ALPHAS).fit(Xtr, ytr)
-        return _Fitted(model.predict, alpha=float(model.alpha_))
+        # Efficient leave-one-out over the alpha grid (what scikit-learn's RidgeCV does): one SVD per draw.
+        coef, intercept, alpha = ridge_loo(Xtr, ytr, RIDGE_ALPHAS)
+        return _Fitted(lambda Z: Z @ coef + intercept, alpha=alpha)
     if estimator == "random_forest":
         # sqrt features per split: ~3x faster than 0.33 at D=128, and the usual choice for wide inputs.
         # Small draws build trees faster than threads start: one job below a few hundred chips.
@@ -204,8 +317,16 @@ def _scores(estimator: str, y_true: np.ndarray, pred: np.ndarray) -> dict[str, f
         return {"f1": float(f1_score(y_true.astype(int), cls, zero_division=0.0)),
                 "accuracy": float(np.mean(cls == y_true.astype(int)))}
     # A constant prediction has no covariance with the truth: Pearson r is reported as 0, not NaN.
-    r = float(np.corrcoef(y_true, pred)[0, 1]) if np.std(pred) > 1e-12 and np.std(y_true) > 1e-12 else 0.0
-    return {"r2": float(r2_score(y_true, pred)), "mae": float(mean_absolute_error(y_true, pred)), "pearson_r": r}
+    y_true = np.asarray(y_true, dtype=np.float64)
+    pred = np.asarray(pred, dtype=np.float64)
+    dt, dp = y_true - y_true.mean(), pred - pred.mean()
+    st, sp = np.sqrt(dt @ dt), np.sqrt(dp @ dp)
+    r = float(dt @ dp / (st * sp)) if sp > 1e-12 * np.sqrt(len(pred)) and st > 1e-12 * np.sqrt(len(pred)) else 0.0
+    res = y_true - pred
+    ss_res, ss_tot = float(res @ res), float(dt @ dt)
+    # R^2 as scikit-learn's r2_score (force_finite): a constant truth gives 1 if predicted exactly, else 0
+    r2 = 1.0 - ss_res / ss_tot if ss_tot > 0 else (1.0 if ss_res == 0 else 0.0)
+    return {"r2": r2, "mae": float(np.abs(res).mean()), "pearson_r": r}
 
 
 # ----------------------------------------------------------------------------------------- probe
@@ -217,12 +338,15 @@ def _draw_rng(seed: int, budget: int | None) -> np.random.Generator:
 def fit_probe(X: np.ndarray, y: np.ndarray, *, task: str, estimator: str = "ridge", budget: int | str | None = None,
               repeats: int = 10, seed: int = 0, pool: np.ndarray | None = None, test: np.ndarray | None = None,
               presence_threshold: float = 0.05, test_fraction: float = 0.3, n_jobs: int = 2,
-              valid: np.ndarray | None = None) -> ProbeResult:
+              valid: np.ndarray | None = None, standardised: bool = False,
+              predict_all: bool = True) -> ProbeResult:
     """Probe one task at one label budget: `repeats` random draws of `budget` pool chips, scored on the test set.
 
     valid: optional bool [N], rows whose features mean something (e.g. the embedding's presence flag: a
     chip without the modality has a zero vector, finite but meaningless). Invalid rows are treated like
     rows with NaN features: left out of the split and the standardisation, and predicted as NaN.
+    standardised: X is already standardised (e.g. by `standardise`, once per feature set): skip it here.
+    predict_all: fill `all_predictions` (one extra prediction over every row); False leaves it all-NaN.
     """
     _check_task(task)
     _check_estimator(estimator)
@@ -257,12 +381,13 @@ def fit_probe(X: np.ndarray, y: np.ndarray, *, task: str, estimator: str = "ridg
     n_draws = 1 if budget is None else int(repeats)
     n_train = len(pool) if budget is None else budget
 
-    if estimator in ("ridge", "logistic"):
+    if estimator in ("ridge", "logistic") and not standardised:
         mean, scale = _standardiser(X, np.flatnonzero(finite_x))
         Z = (X - mean) / scale
     else:
-        Z = X.astype(np.float64)
-    Z = np.where(finite_x[:, None], Z, 0.0)  # rows with NaN features get NaN predictions below
+        Z = np.asarray(X, dtype=np.float64)
+    if not (standardised and np.isfinite(Z).all()):
+        Z = np.where(finite_x[:, None], Z, 0.0)  # rows with NaN features get NaN predictions below
     target = (y > presence_threshold).astype(np.float64) if estimator == "logistic" else y
     t_true = target[test]
 
@@ -285,8 +410,11 @@ def fit_probe(X: np.ndarray, y: np.ndarray, *, task: str, estimator: str = "ridg
             notes.append(fitted.note)
         if d == 0:
             first_train, first_test_pred = train, pred
-            allp = np.clip(fitted.predict(Z), 0.0, 1.0)
-            first_all = np.where(finite_x, allp, np.nan)
+            if predict_all:
+                allp = np.clip(fitted.predict(Z), 0.0, 1.0)
+                first_all = np.where(finite_x, allp, np.nan)
+            else:
+                first_all = np.full(len(y), np.nan)
     if estimator == "logistic":
         n_pos = int(t_true.sum())
         if n_pos == 0 or n_pos == len(t_true):

@@ -181,3 +181,82 @@ def test_rows_marked_invalid_are_left_out_and_not_predicted():
     assert np.isnan(r.all_predictions[:100]).all() and np.isfinite(r.all_predictions[100:]).all()
     with pytest.raises(ProbeError, match="valid"):
         fit_probe(X, y, task="cropland", budget=50, valid=valid[:10])
+
+
+# ----------------------------------------------------------------------------------------- blocked splits
+def grid(n_rows: int = 45, n_cols: int = 45, r0: int = 171, c0: int = 171):
+    rr, cc = np.meshgrid(np.arange(r0, r0 + n_rows), np.arange(c0, c0 + n_cols), indexing="ij")
+    return rr.ravel(), cc.ravel()
+
+
+def test_blocked_split_is_spatially_disjoint_and_reproducible():
+    from core.probes import blocked_split
+
+    rows, cols = grid()
+    valid = np.ones(len(rows), bool)
+    valid[::13] = False
+    for block in (8, 5):
+        pool, test = blocked_split(rows, cols, valid, block=block, test_fraction=0.3, seed=0)
+        assert np.intersect1d(pool, test).size == 0
+        assert set(pool) | set(test) == set(np.flatnonzero(valid))          # buffer 0: every valid chip used
+        assert abs(len(test) - 0.3 * valid.sum()) <= block * block             # within one square of the target
+        # no square shared: recover the squares from the test chips' grid cells (any origin offset)
+        ok = False
+        for dr in range(block):
+            for dc in range(block):
+                sq = lambda i: ((rows[i] - rows.min() + dr) // block, (cols[i] - cols.min() + dc) // block)  # noqa: E731
+                if not ({sq(i) for i in pool} & {sq(i) for i in test}):
+                    ok = True
+        assert ok, "pool and test share a block under every origin offset"
+        # spatially disjoint: a test chip's pool neighbours touch it only across a square's edge, and most
+        # test chips have no pool chip within 1 step
+        t_set = set(zip(rows[test], cols[test]))
+        interior = sum(all((r + a, c + b) in t_set or not (171 <= r + a < 216 and 171 <= c + b < 216)
+                           or not valid[(r + a - 171) * 45 + (c + b - 171)]
+                           for a in (-1, 0, 1) for b in (-1, 0, 1)) for r, c in t_set)
+        assert interior > 0.3 * len(t_set)
+        p2, t2 = blocked_split(rows, cols, valid, block=block, test_fraction=0.3, seed=0)
+        assert np.array_equal(pool, p2) and np.array_equal(test, t2)
+        assert not np.array_equal(test, blocked_split(rows, cols, valid, block=block, seed=1)[1])
+
+
+def test_blocked_split_buffer_keeps_pool_away_from_test():
+    from core.probes import blocked_split
+
+    rows, cols = grid()
+    pool, test = blocked_split(rows, cols, block=8, seed=2, buffer=1)
+    d = np.maximum(np.abs(rows[pool, None] - rows[None, test]), np.abs(cols[pool, None] - cols[None, test]))
+    assert d.min() >= 2
+    pool0, test0 = blocked_split(rows, cols, block=8, seed=2)
+    assert np.array_equal(test, test0) and set(pool) < set(pool0)
+
+
+def test_blocked_split_errors():
+    from core.probes import blocked_split
+
+    rows, cols = grid(6, 6)
+    with pytest.raises(ProbeError, match="single 8 x 8 square"):
+        blocked_split(np.zeros(10, int), np.zeros(10, int), block=8)
+    with pytest.raises(ProbeError, match="block must be"):
+        blocked_split(rows, cols, block=0)
+    with pytest.raises(ProbeError, match="same length"):
+        blocked_split(rows, cols[:-1])
+    pool, test = blocked_split(rows, cols, block=2, seed=0)
+    assert len(pool) + len(test) == 36 and len(test) % 4 == 0
+
+
+def test_ridge_loo_matches_sklearn_ridgecv():
+    from sklearn.linear_model import RidgeCV
+
+    from core.probes import ridge_loo
+
+    rng = np.random.default_rng(0)
+    for n, d in ((8, 40), (60, 20), (400, 64)):
+        X = rng.normal(size=(n, d))
+        X[:, 1] = X[:, 0]  # collinear columns
+        y = np.clip(0.5 + 0.1 * X[:, :4].sum(1) + rng.normal(scale=0.2, size=n), 0, 1)
+        coef, intercept, alpha = ridge_loo(X, y, RIDGE_ALPHAS)
+        ref = RidgeCV(alphas=RIDGE_ALPHAS).fit(X, y)
+        assert alpha == ref.alpha_
+        Z = rng.normal(size=(30, d))
+        np.testing.assert_allclose(Z @ coef + intercept, ref.predict(Z), atol=1e-8)
