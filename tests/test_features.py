@@ -81,3 +81,68 @@ def test_subsets_and_errors(tiny_store):
         handcrafted_features(tiny_store, channels={"s1amp": ["HH"]})
     with pytest.raises(FeatureError, match="out of range"):
         handcrafted_features(tiny_store, positions=[0, 50])
+
+
+# ----------------------------------------------------------------------------------------- more baselines
+def test_histograms_equal_direct_numpy_and_sum_to_one():
+    from core.features import chip_histograms
+
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(3, 2, 6, 6)).astype(np.float32)
+    x[0, 0, :2] = np.nan          # partial NaN
+    x[1, 1] = np.nan              # whole channel missing
+    x[2, 0, 0, 0] = 9.0           # above the range: last bin
+    x[2, 0, 0, 1] = -9.0          # below the range: first bin
+    edges = np.stack([np.linspace(-2, 2, 9), np.linspace(-1, 3, 9)])     # [C, 8 bins + 1]
+    got = chip_histograms(x, edges)
+    assert got.shape == (3, 2, 8)
+    for b in range(3):
+        for c in range(2):
+            v = x[b, c].ravel()
+            v = v[np.isfinite(v)]
+            if not v.size:
+                assert np.isnan(got[b, c]).all()
+                continue
+            ref = np.histogram(np.clip(v, edges[c, 0], edges[c, -1]), bins=edges[c])[0] / v.size
+            np.testing.assert_allclose(got[b, c], ref, atol=1e-12)
+            assert got[b, c].sum() == pytest.approx(1.0)
+
+
+def test_baseline_features_shapes_names_and_missing(tiny_store):
+    from core.features import BASELINES, HIST_BINS, baseline_features, baseline_names
+
+    f = baseline_features(tiny_store, batch_size=16)
+    assert set(f) == set(BASELINES)
+    for k, v in f.items():
+        assert v.dtype == np.float32 and len(v) == 50 and np.isfinite(v).all(), k
+        assert len(baseline_names(tiny_store, k)) == v.shape[1], k
+    np.testing.assert_allclose(f["stats"], handcrafted_features(tiny_store), atol=1e-6)
+    assert f["combined"].shape[1] == sum(f[k].shape[1] for k in ("stats", "hist", "texture"))
+    names = baseline_names(tiny_store, "hist")
+    assert f["hist"].shape[1] == 5 * (HIST_BINS + 1)
+    col = {n: i for i, n in enumerate(names)}
+    assert f["hist"][3, col["s1amp.VV.present"]] == 0 and f["hist"][4, col["s1amp.VH.present"]] == 0
+    assert f["hist"][4, col["s1amp.VV.present"]] == 1
+    tnames = baseline_names(tiny_store, "texture")
+    assert "s1amp.VV-VH.mean" in tnames and "s2rgb.B4.grad1.q90" in tnames and "s2rgb.B3-B2.std" in tnames
+    # raw histograms (no z-scoring) are fractions summing to 1 where the channel is present
+    raw = baseline_features(tiny_store, ["hist"], standardise=False, edges="range")["hist"]
+    fr = raw.reshape(50, 5, HIST_BINS + 1)
+    present = fr[..., -1] == 1
+    np.testing.assert_allclose(fr[..., :-1].sum(-1)[present], 1.0, atol=1e-6)
+    assert (fr[..., :-1].sum(-1)[~present] == 0).all()
+
+
+def test_texture_values_against_direct_numpy():
+    from core.features import TEXTURE_SCALES, chip_texture
+
+    rng = np.random.default_rng(2)
+    x = rng.gamma(2.0, size=(2, 2, 8, 8)).astype(np.float32)
+    got = chip_texture(x)
+    assert got.shape == (2, 2 * len(TEXTURE_SCALES) + 1, 5)
+    b, c = 1, 0
+    z = x[b, c].astype(np.float64)
+    g = np.sqrt((z[:-1, 1:] - z[:-1, :-1]) ** 2 + (z[1:, :-1] - z[:-1, :-1]) ** 2)
+    np.testing.assert_allclose(got[b, 0], direct(g[None])[0], rtol=1e-5)
+    d = (x[b, 0] - x[b, 1]).astype(np.float64)
+    np.testing.assert_allclose(got[b, -1], direct(d[None])[0], rtol=1e-5, atol=1e-6)
