@@ -1,24 +1,35 @@
-"""The paper's evaluation: few-shot probes on embeddings vs label budget, with baselines and modality dropout.
+"""The paper's evaluation: few-shot probes vs label budget under spatially blocked splits, with strong baselines.
 
-For each AOI x representation (`s2rgb`, `s1amp`, `coh`, `fused`) x task (`LABEL_TASKS`) x budget
-(5 ... 1000, all): mean and std over repeated random draws of R^2, Pearson r and MAE on a fixed
-held-out test split, and the ratio to the full-label ("all") score. The same protocol runs on two
-baselines: the same architecture randomly initialised (`random-init` embeddings) and hand-crafted
-per-channel statistics (`core.features.handcrafted_features`). A task is *observable* on an AOI when
-its label varies (std > 0.02) and at least 20 chips hold it (fraction > 0.05); others are marked.
+Protocol (see docs/EVALUATION.md and docs/CONTRACTS.md):
 
-Writes `<workspace>/evaluations/<run-name>/`: `results.csv`, `summary.md` (paper-style table and
-target checks), `curves/<aoi>_<task>.png`, `dropout.csv` / `dropout.md` (score at a fixed budget
-when a modality is missing at inference, via re-fusion, or a channel is missing, via the
-`drop-<mod>-<channel>` embeddings) and `run.json` (settings, timings).
+- Splits: for every AOI x task x split seed (`--split-seeds`, default 3), `core.probes.blocked_split` puts
+  whole `block` x `block` squares of the AOI's chip grid (default 8 x 8 chips) into the test set (30 %),
+  so training and test chips are spatially disjoint; `--buffer` also drops pool chips next to a test square.
+  The split is computed once from the chips with a finite label and is the SAME for every representation:
+  a representation that cannot see a chip (presence False, e.g. the chip lacks that modality) is scored on
+  the test chips it can see and drawn from the pool chips it can see; `n_test` is recorded per row.
+- Draws: per budget (5 ... 1000, 'all' = the whole pool), `repeats` random draws per split seed; mean and
+  std are over all split seeds x draws (for 'all': over split seeds). Ridge probe (RidgeCV, alpha by LOO).
+- Representations: the pretrained per-modality and fused embeddings (one set per `--checkpoint`), and
+  baselines under the same protocol: the same architecture untrained (`random-init`, fused), per-channel
+  statistics (`stats`), per-channel histograms (`hist`), gradient-texture and within-modality channel
+  difference statistics (`texture`), and all three together (`combined`), from `core.features`.
+- A task is *observable* on an AOI when its label varies (std > 0.02) and at least 20 chips hold the class
+  (fraction > 0.05); headline numbers use observable pairs only, and the summary lists what is dropped.
+
+Writes `<workspace>/evaluations/<run-name>/`: `results.csv`, `summary.md` (headline tables written by the
+code), `curves/<aoi>_<task>.png`, `dropout.csv` / `dropout.md` (score at a fixed budget when a modality or
+a channel is missing at inference) and `run.json` (settings, pool sizes, timings).
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import sys
 import time
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Sequence
@@ -33,25 +44,36 @@ from core.embed import (
     SCENARIO_RANDOM,
     drop_scenarios,
     embed_aoi,
+    ids_digest,
     load_embeddings,
     model_name_of,
 )
-from core.features import handcrafted_features
+from core.features import BASELINES, baseline_features
 from core.modalities import LABEL_TASKS
-from core.probes import ESTIMATORS, fit_probe, split_pool_test
+from core.probes import ESTIMATORS, ProbeError, blocked_split, fit_probe, standardise
 from data.atomic import atomic_write_bytes, atomic_write_json, atomic_write_text
+from data.store import ChipStore
 from data.workspace import Workspace
 
 DEFAULT_BUDGETS: tuple[int | None, ...] = (5, 10, 25, 50, 100, 250, 500, 1000, None)
 QUICK_BUDGETS: tuple[int | None, ...] = (10, 100, None)
 REPRESENTATIONS: tuple[str, ...] = ("s2rgb", "s1amp", "coh", "fused")
-HANDCRAFTED = "handcrafted"
+HANDCRAFTED = "handcrafted"          # the `model` of the cheap baselines (stats, hist, texture, combined)
 PRETRAINED, RANDOM_INIT = "pretrained", "random-init"
+DEFAULT_REPRESENTATIONS: tuple[str, ...] = (*REPRESENTATIONS, RANDOM_INIT, *BASELINES)
 OBSERVABLE_STD = 0.02
 OBSERVABLE_MIN_CHIPS = 20
 PRESENCE_THRESHOLD = 0.05
 DROPOUT_BUDGET = 250
 TEST_FRACTION = 0.3
+DEFAULT_BLOCK = 8
+DEFAULT_BUFFER = 0
+DEFAULT_SPLIT_SEEDS = 3
+DEFAULT_REPEATS = 10
+HEADLINE_BUDGETS: tuple[str, ...] = ("25", "100")
+RATIO_BUDGET = "250"
+RATIO_TARGET = 0.95
+FEATURES_VERSION = 1
 METRICS = ("r2", "pearson_r", "mae")
 ProgressCallback = Callable[[float, str], None]
 
@@ -82,6 +104,21 @@ def parse_budgets(items: Sequence[str]) -> tuple[int | None, ...]:
     return tuple(out)
 
 
+def parse_representations(items: Sequence[str]) -> tuple[str, ...]:
+    """Representation names: s2rgb/s1amp/coh/fused (pretrained), random-init[:key], stats/hist/texture/combined."""
+    out = []
+    for item in items:
+        key = item.split(":", 1)[1] if item.startswith(RANDOM_INIT + ":") else item
+        if item not in (*REPRESENTATIONS, RANDOM_INIT, *BASELINES) and not (
+                item.startswith(RANDOM_INIT + ":") and key in REPRESENTATIONS):
+            raise EvaluationError(f"unknown representation {item!r}; choose from {list(DEFAULT_REPRESENTATIONS)} "
+                                  f"or random-init:<{'|'.join(REPRESENTATIONS)}>")
+        out.append(item)
+    if not out:
+        raise EvaluationError("no representations to evaluate")
+    return tuple(dict.fromkeys(out))
+
+
 def observability(y: np.ndarray) -> tuple[bool, str]:
     """Whether a task's labels vary enough on an AOI to be evaluated, with the reason."""
     v = y[np.isfinite(y)]
@@ -103,24 +140,71 @@ def _impute(x: np.ndarray) -> np.ndarray:
     return x
 
 
-def probe_rows(X: np.ndarray, y: np.ndarray, valid: np.ndarray, *, budgets: Sequence[int | None], task: str,
-               estimator: str, repeats: int, seed: int, clip: bool = False) -> list[dict]:
-    """One row per budget: metric means/stds over repeats on the fixed test split (budgets above the pool skipped, or clipped)."""
-    present, valid = valid, valid & np.isfinite(y)
-    if valid.sum() < 10:
+# ----------------------------------------------------------------------------------------- splits and probes
+@dataclass
+class Split:
+    """One spatially blocked split of an AOI x task: the pool and test chips every representation shares."""
+
+    seed: int
+    pool: np.ndarray
+    test: np.ndarray
+
+
+def task_splits(store: ChipStore, y: np.ndarray, seeds: Sequence[int], *, block: int = DEFAULT_BLOCK,
+                buffer: int = DEFAULT_BUFFER, test_fraction: float = TEST_FRACTION) -> list[Split]:
+    """The blocked splits of one task (one per seed) from the chips with a finite label; [] if too few."""
+    valid = np.isfinite(y)
+    rows, cols = store.index["row"].to_numpy(), store.index["col"].to_numpy()
+    out = []
+    for s in seeds:
+        try:
+            pool, test = blocked_split(rows, cols, valid, block=block, test_fraction=test_fraction, seed=int(s),
+                                       buffer=buffer)
+        except ProbeError:
+            return []
+        out.append(Split(int(s), pool, test))
+    return out
+
+
+def probe_rows(X: np.ndarray, y: np.ndarray, present: np.ndarray, splits: Sequence[Split], *,
+               budgets: Sequence[int | None], task: str, estimator: str, repeats: int, clip: bool = False,
+               standardised: bool = False) -> list[dict]:
+    """One row per budget: metric mean/std over split seeds x draws on the shared splits, restricted to `present`.
+
+    Budgets above the smallest pool are skipped ('all' covers them), or clipped to it with `clip`.
+    """
+    present = np.asarray(present, dtype=bool) & np.isfinite(y)
+    if not splits:
         return []
-    pool, test = split_pool_test(len(y), valid, test_fraction=TEST_FRACTION, seed=seed)
+    Z = X if standardised else standardise(X, present)
+    views = [(sp, sp.pool[present[sp.pool]], sp.test[present[sp.test]]) for sp in splits]
+    views = [v for v in views if len(v[1]) >= 2 and len(v[2]) >= 2]
+    if not views:
+        return []
+    min_pool = min(len(v[1]) for v in views)
     rows = []
     for b in budgets:
-        if b is not None and b > len(pool):
+        if b is not None and b > min_pool:
             if not clip:
                 continue
-            b = len(pool)  # a budget above the pool cannot be drawn; 'all' covers it
-        res = fit_probe(X, y, task=task, estimator=estimator, budget=b, repeats=repeats if b is not None else 1,
-                        seed=seed, pool=pool, test=test, presence_threshold=PRESENCE_THRESHOLD, valid=present)
-        row = {"budget": budget_label(b), "n_train": int(res.n_train), "n_pool": len(pool), "n_test": len(test)}
-        for name, (mean, std) in res.metrics.items():
-            row[f"{name}_mean"], row[f"{name}_std"] = float(mean), float(std)
+            b = min_pool  # a budget above the pool cannot be drawn; 'all' covers it
+        scores: dict[str, list[float]] = {}
+        n_train = []
+        for sp, pool, test in views:
+            res = fit_probe(Z, y, task=task, estimator=estimator, budget=b, repeats=repeats if b is not None else 1,
+                            seed=sp.seed, pool=pool, test=test, presence_threshold=PRESENCE_THRESHOLD, valid=present,
+                            standardised=True, predict_all=False, n_jobs=1)
+            for name, v in res.draw_scores.items():
+                scores.setdefault(name, []).extend(v.tolist())
+            n_train.append(res.n_train)
+        row = {"budget": budget_label(b), "n_train": int(round(np.mean(n_train))),
+               "n_pool": int(round(np.mean([len(v[1]) for v in views]))),
+               "n_test": int(round(np.mean([len(v[2]) for v in views]))),
+               "n_test_min": int(min(len(v[2]) for v in views)),
+               "n_test_split": int(round(np.mean([len(v[0].test) for v in views]))),
+               "split_seeds": len(views), "draws": len(next(iter(scores.values())))}
+        for name, v in scores.items():
+            row[f"{name}_mean"], row[f"{name}_std"] = float(np.mean(v)), float(np.std(v))
         rows.append(row)
     return rows
 
@@ -139,34 +223,122 @@ def _ensure_embeddings(ws: Workspace, aoi: str, checkpoint: Path, scenarios: Seq
         embed_aoi(ws, aoi, checkpoint, scenario, progress=progress)
 
 
-def evaluate_aoi(ws: Workspace, aoi: str, *, checkpoint: Path, budgets: Sequence[int | None], repeats: int,
-                 estimator: str, seed: int, tasks: Sequence[str], progress: bool = False) -> pd.DataFrame:
-    """The learning-curve table of one AOI: pretrained per representation, random-init and hand-crafted baselines."""
+def _store_key(store: ChipStore) -> str:
+    meta = store.path / "store.json"
+    st = meta.stat()
+    return hashlib.sha256(f"{st.st_size}|{st.st_mtime_ns}|{ids_digest(store.index['chip_id'])}|"
+                          f"{FEATURES_VERSION}".encode()).hexdigest()[:16]
+
+
+def cached_baselines(ws: Workspace, store: ChipStore, kinds: Sequence[str], *, edges: str = "data",
+                     progress: bool = False) -> dict[str, np.ndarray]:
+    """The cheap baselines of an AOI, cached under <workspace>/evaluations/_features/<aoi>/ (keyed by the store)."""
+    kinds = [k for k in kinds if k in BASELINES]
+    if not kinds:
+        return {}
+    path = ws.artifact_dir("evaluations", "_features", store.meta.aoi) / f"baselines-{edges}-{_store_key(store)}.npz"
+    if path.is_file():
+        try:
+            with np.load(path) as z:
+                if all(k in z.files for k in kinds):
+                    return {k: z[k] for k in kinds}
+        except (OSError, ValueError):
+            pass
+    feats = baseline_features(store, BASELINES, edges=edges, progress=progress)
+    import io
+
+    buf = io.BytesIO()
+    np.savez(buf, **feats)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for old in path.parent.glob(f"baselines-{edges}-*.npz"):
+        old.unlink(missing_ok=True)
+    atomic_write_bytes(path, buf.getvalue())
+    return {k: feats[k] for k in kinds}
+
+
+@dataclass
+class Series:
+    """One row set of the results: a representation's features (standardised) and which chips it can see."""
+
+    name: str          # table label, e.g. "pretrained fused", "random-init fused", "hist"
+    model: str         # pretrained / random-init / handcrafted
+    representation: str
+    checkpoint: str    # checkpoint name ('' for hand-crafted baselines)
+    X: np.ndarray
+    present: np.ndarray
+
+
+def series_name(model: str, rep: str, checkpoint: str = "", multi: bool = False) -> str:
+    """The label of a row set in the tables."""
+    if model == HANDCRAFTED:
+        return rep
+    if model == PRETRAINED and multi:
+        return f"pretrained[{checkpoint}] {rep}"
+    return f"{model} {rep}"
+
+
+def aoi_series(ws: Workspace, aoi: str, *, checkpoints: Sequence[Path], representations: Sequence[str],
+               progress: bool = False, hist_edges: str = "data") -> list[Series]:
+    """Every representation of one AOI, standardised once (features are reused across tasks and splits)."""
     store = ws.open_store(aoi)
-    model_name = model_name_of(checkpoint)
-    _ensure_embeddings(ws, aoi, checkpoint, [SCENARIO_FULL, SCENARIO_RANDOM], progress)
-    sources: list[tuple[str, str, np.ndarray, np.ndarray]] = []
-    for model, scenario in ((PRETRAINED, SCENARIO_FULL), (RANDOM_INIT, SCENARIO_RANDOM)):
-        emb = load_embeddings(ws, aoi, model_name, scenario)
-        for rep in REPRESENTATIONS:
-            if rep in emb.vectors:
-                v, p = emb.get(rep)
-                sources.append((model, rep, v, p))
-    feats = _impute(handcrafted_features(store))
-    sources.append((HANDCRAFTED, HANDCRAFTED, feats, np.ones(len(store), dtype=bool)))
+    multi = len(checkpoints) > 1
+    out: list[Series] = []
+    pre = [r for r in representations if r in REPRESENTATIONS]
+    rand = [("fused" if r == RANDOM_INIT else r.split(":", 1)[1]) for r in representations
+            if r == RANDOM_INIT or r.startswith(RANDOM_INIT + ":")]
+    for i, ck in enumerate(checkpoints):
+        name = model_name_of(ck)
+        scen = [SCENARIO_FULL] + ([SCENARIO_RANDOM] if rand and i == 0 else [])
+        if pre or (rand and i == 0):
+            _ensure_embeddings(ws, aoi, ck, scen, progress)
+        if pre:
+            emb = load_embeddings(ws, aoi, name, SCENARIO_FULL)
+            for rep in pre:
+                if rep in emb.vectors:
+                    v, p = emb.get(rep)
+                    if p.any():
+                        out.append(Series(series_name(PRETRAINED, rep, name, multi), PRETRAINED, rep, name,
+                                          standardise(v, p), p))
+        if rand and i == 0:  # the untrained architecture: one set (of the first checkpoint's architecture)
+            emb = load_embeddings(ws, aoi, name, SCENARIO_RANDOM)
+            for rep in rand:
+                if rep in emb.vectors:
+                    v, p = emb.get(rep)
+                    if p.any():
+                        out.append(Series(series_name(RANDOM_INIT, rep), RANDOM_INIT, rep, name, standardise(v, p), p))
+    kinds = [r for r in representations if r in BASELINES]
+    if kinds:
+        feats = cached_baselines(ws, store, kinds, edges=hist_edges, progress=progress)
+        ones = np.ones(len(store), dtype=bool)
+        for k in kinds:
+            out.append(Series(k, HANDCRAFTED, k, "", standardise(feats[k]), ones))
+    return out
+
+
+def evaluate_aoi(ws: Workspace, aoi: str, *, checkpoint: Path | Sequence[Path], budgets: Sequence[int | None],
+                 repeats: int, estimator: str, seed: int = 0, tasks: Sequence[str], progress: bool = False,
+                 split_seeds: Sequence[int] | None = None, block: int = DEFAULT_BLOCK, buffer: int = DEFAULT_BUFFER,
+                 representations: Sequence[str] = DEFAULT_REPRESENTATIONS, hist_edges: str = "data",
+                 test_fraction: float = TEST_FRACTION) -> pd.DataFrame:
+    """The learning-curve table of one AOI: every representation on the same blocked splits of each task."""
+    store = ws.open_store(aoi)
+    checkpoints = [Path(checkpoint)] if isinstance(checkpoint, (str, Path)) else [Path(c) for c in checkpoint]
+    seeds = list(split_seeds) if split_seeds is not None else [seed + i for i in range(DEFAULT_SPLIT_SEEDS)]
+    series = aoi_series(ws, aoi, checkpoints=checkpoints, representations=representations, progress=progress,
+                        hist_edges=hist_edges)
     rows: list[dict] = []
     for task in tasks:
         y = store.labels(task).astype(np.float64)
         observable, why = observability(y)
-        for model, rep, X, present in sources:
-            if not present.any():
-                continue
-            block = _with_ratio(probe_rows(X, y, present, budgets=budgets, task=task, estimator=estimator,
-                                           repeats=repeats, seed=seed), "r2")
-            for r in block:
+        splits = task_splits(store, y, seeds, block=block, buffer=buffer, test_fraction=test_fraction)
+        for s in series:
+            block_rows = _with_ratio(probe_rows(s.X, y, s.present, splits, budgets=budgets, task=task,
+                                                estimator=estimator, repeats=repeats, standardised=True), "r2")
+            for r in block_rows:
                 rows.append({"aoi": aoi, "simulated": bool(store.meta.simulated), "task": task,
-                             "observable": observable, "observability": why, "model": model,
-                             "representation": rep, "estimator": estimator, **r})
+                             "observable": observable, "observability": why, "model": s.model,
+                             "checkpoint": s.checkpoint, "representation": s.representation, "series": s.name,
+                             "estimator": estimator, **r})
     return pd.DataFrame(rows)
 
 
@@ -184,9 +356,15 @@ def self_rank1(X: np.ndarray, present: np.ndarray, ref: np.ndarray, ref_present:
 
 
 def dropout_table(ws: Workspace, aoi: str, *, checkpoint: Path, budget: int, repeats: int, estimator: str, seed: int,
-                  tasks: Sequence[str], channels: bool, progress: bool = False) -> pd.DataFrame:
-    """Score at `budget` labels when a modality (re-fused without it) or a channel (drop scenario) is missing."""
+                  tasks: Sequence[str], channels: bool, progress: bool = False, split_seeds: Sequence[int] | None = None,
+                  block: int = DEFAULT_BLOCK, buffer: int = DEFAULT_BUFFER,
+                  test_fraction: float = TEST_FRACTION) -> pd.DataFrame:
+    """Score at `budget` labels when a modality (re-fused without it) or a channel (drop scenario) is missing.
+
+    Same blocked splits as the learning curves (every variant of a task shares them).
+    """
     store = ws.open_store(aoi)
+    seeds = list(split_seeds) if split_seeds is not None else [seed]
     model_name = model_name_of(checkpoint)
     full = load_embeddings(ws, aoi, model_name, SCENARIO_FULL)
     variants: list[tuple[str, str, np.ndarray, np.ndarray]] = [("none", "fused", *full.get("fused"))]
@@ -211,8 +389,9 @@ def dropout_table(ws: Workspace, aoi: str, *, checkpoint: Path, budget: int, rep
     for task in tasks:
         y = store.labels(task).astype(np.float64)
         observable, _ = observability(y)
+        splits = task_splits(store, y, seeds, block=block, buffer=buffer, test_fraction=test_fraction)
         for missing, rep, X, present in variants:
-            res = probe_rows(X, y, present, budgets=[budget], task=task, estimator=estimator, repeats=repeats, seed=seed,
+            res = probe_rows(X, y, present, splits, budgets=[budget], task=task, estimator=estimator, repeats=repeats,
                              clip=True)
             if not res:
                 continue
@@ -234,72 +413,142 @@ def _fmt(x: float, pct: bool = False) -> str:
     return f"{100 * x:.1f}%" if pct else f"{x:.3f}"
 
 
+def _series_order(r: pd.DataFrame) -> list[str]:
+    """Pretrained series first (fused first), then random-init, then the hand-crafted baselines."""
+    rank = {PRETRAINED: 0, RANDOM_INIT: 1, HANDCRAFTED: 2}
+    first = r.drop_duplicates("series")
+    rep_rank = {k: i for i, k in enumerate(("fused", *REPRESENTATIONS, *BASELINES))}
+    keyed = sorted(first.itertuples(), key=lambda t: (rank.get(t.model, 3), str(t.checkpoint),
+                                                       rep_rank.get(t.representation, 99)))
+    return [t.series for t in keyed]
+
+
+def _budget_order(budgets) -> list[str]:
+    return sorted({str(b) for b in budgets}, key=lambda b: (b == "all", int(b) if b != "all" else 0))
+
+
+def headline_numbers(results: pd.DataFrame) -> dict:
+    """The numbers behind the summary tables (observable pairs only), also written to run.json."""
+    r = results[results.observable.astype(bool)].copy()
+    r["budget"] = r["budget"].astype(str)
+    pairs = list(dict.fromkeys(zip(r.aoi, r.task)))
+    mean_by_budget = {s: {b: float(g.r2_mean.mean()) for b, g in r[r.series == s].groupby("budget")}
+                      for s in _series_order(r)} if len(r) else {}
+    fused = [s for s in _series_order(r) if r[r.series == s].model.iloc[0] == PRETRAINED
+             and r[r.series == s].representation.iloc[0] == "fused"] if len(r) else []
+    baselines = [s for s in _series_order(r) if r[r.series == s].model.iloc[0] != PRETRAINED] if len(r) else []
+    idx = r.set_index(["series", "aoi", "task", "budget"])
+    comp: dict[str, dict] = {}
+    for fs in fused:
+        per_pair = []
+        for aoi, task in pairs:
+            item = {"aoi": aoi, "task": task}
+            for b in HEADLINE_BUDGETS:
+                def get(s, col="r2_mean"):
+                    key = (s, aoi, task, b)
+                    return float(idx.loc[key, col]) if key in idx.index else np.nan
+                f = get(fs)
+                cands = [(get(bs), bs) for bs in baselines if np.isfinite(get(bs))]
+                best, name = max(cands) if cands else (np.nan, "-")
+                item[b] = {"pretrained": f, "pretrained_std": get(fs, "r2_std"), "best_baseline": name,
+                           "best_baseline_r2": best, "best_baseline_std": get(name, "r2_std") if cands else np.nan,
+                           "difference": f - best}
+            key = (fs, aoi, task, RATIO_BUDGET)
+            item["ratio_at_250"] = float(idx.loc[key, "ratio_to_full"]) if key in idx.index else np.nan
+            per_pair.append(item)
+        wins = {b: sum(1 for it in per_pair if np.isfinite(it[b]["difference"]) and it[b]["difference"] > 0)
+                for b in HEADLINE_BUDGETS}
+        counted = {b: sum(1 for it in per_pair if np.isfinite(it[b]["difference"])) for b in HEADLINE_BUDGETS}
+        ratios = [it["ratio_at_250"] for it in per_pair if np.isfinite(it["ratio_at_250"])]
+        comp[fs] = {"pairs": per_pair, "wins": wins, "counted": counted,
+                    "ratio_at_250_mean": float(np.mean(ratios)) if ratios else np.nan,
+                    "below_target": [(it["aoi"], it["task"], it["ratio_at_250"]) for it in per_pair
+                                     if np.isfinite(it["ratio_at_250"]) and it["ratio_at_250"] < RATIO_TARGET]}
+    return {"pairs": pairs, "mean_by_budget": mean_by_budget, "fused": fused, "baselines": baselines,
+            "comparison": comp}
+
+
 def summary_markdown(results: pd.DataFrame, dropout: pd.DataFrame | None, settings: dict) -> str:
-    """The paper-style summary: % of full-label R^2 at 250/500 labels, baselines at <= 100 labels, target checks."""
+    """The headline tables: (a) mean R^2 by budget, (b) fused vs best baseline at 25/100, (c) share of the
+    full-label score at 250, (d) the observability filter, (e) test/pool sizes; then the dropout table."""
     sim = bool(results["simulated"].any()) if not results.empty else False
+    ck = settings.get("checkpoints") or [settings.get("checkpoint")]
     lines = [f"# Few-shot evaluation{' (SIMULATED AOIs)' if sim else ''}", "",
-             f"Checkpoint `{settings['checkpoint']}`, estimator `{settings['estimator']}`, {settings['repeats']} repeats, "
-             f"budgets {settings['budgets']}, held-out test split {int(TEST_FRACTION * 100)}%; created {settings['created']}.",
-             "Scores are R^2 on the test split (mean over draws); 'all' = every chip of the training pool.", ""]
+             f"Checkpoint(s) {', '.join(f'`{c}`' for c in ck)}; estimator `{settings['estimator']}`; created "
+             f"{settings['created']}.",
+             "",
+             f"Protocol: spatially blocked splits: whole {settings.get('block', DEFAULT_BLOCK)} x "
+             f"{settings.get('block', DEFAULT_BLOCK)}-chip squares of the AOI grid go to the test set "
+             f"({int(100 * settings.get('test_fraction', TEST_FRACTION))} % of the labelled chips)"
+             + (f", pool chips within {settings['buffer']} chip(s) of a test square dropped" if settings.get("buffer")
+                else "") +
+             f"; split seeds {settings.get('split_seeds')}; {settings['repeats']} random draws per budget and split "
+             "seed. The same test chips for every representation of a task (a representation that cannot see a "
+             "chip, e.g. one lacking that modality, is scored on the test chips it sees; see (e)). Scores: R^2 on "
+             "the test chips, mean over split seeds x draws ('all' = the whole pool, one fit per split seed); "
+             "'±' = std over split seeds x draws.", ""]
     if results.empty:
         return "\n".join(lines + ["No results (no AOI had enough labelled chips)."]) + "\n"
     r = results.copy()
-
-    def score(model: str, rep: str, aoi: str, task: str, budget: str, col: str = "r2_mean") -> float:
-        m = r[(r.model == model) & (r.representation == rep) & (r.aoi == aoi) & (r.task == task) & (r.budget == budget)]
-        return float(m[col].iloc[0]) if len(m) else np.nan
-
-    small = [b for b in ("25", "100") if b in set(r.budget)]
-    lines += ["## Pretrained embeddings: share of the full-label score", "",
-              "| AOI | task | observable | repr. | R^2 all | @250 | @500 | " + " | ".join(
-                  f"@{b}: pre / rand / hand" for b in small) + " |",
-              "|---|---|---|---|---|---|---|" + "---|" * len(small)]
-    checks = {"ratio": [], "random": [], "hand": []}
-    for (aoi, task), g in r.groupby(["aoi", "task"], sort=False):
-        obs = bool(g.observable.iloc[0])
-        for rep in REPRESENTATIONS:
-            if not ((g.model == PRETRAINED) & (g.representation == rep)).any():
-                continue
-            full = score(PRETRAINED, rep, aoi, task, "all")
-            r250 = score(PRETRAINED, rep, aoi, task, "250", "ratio_to_full")
-            r500 = score(PRETRAINED, rep, aoi, task, "500", "ratio_to_full")
+    r["budget"] = r["budget"].astype(str)
+    h = headline_numbers(r)
+    pairs, order = h["pairs"], _series_order(r)
+    budgets = _budget_order(r.budget)
+    obs = r[r.observable.astype(bool)]
+    # (a)
+    lines += [f"## (a) Mean R^2 by label budget over the {len(pairs)} observable AOI x task pairs", "",
+              "| representation | " + " | ".join(budgets) + " |", "|---|" + "---|" * len(budgets)]
+    for s in order:
+        cells = []
+        for b in budgets:
+            g = obs[(obs.series == s) & (obs.budget == b)]
+            v = _fmt(g.r2_mean.mean()) if len(g) else "-"
+            cells.append(v + (f" ({len(g)})" if 0 < len(g) < len(pairs) else ""))
+        lines.append(f"| {s} | " + " | ".join(cells) + " |")
+    lines += ["", "A number in brackets: pairs whose pool holds that budget (the mean is over those only).", ""]
+    # (b), (c)
+    for fs, c in h["comparison"].items():
+        lines += [f"## (b) {fs} vs the best baseline at {' and '.join(HEADLINE_BUDGETS)} labels", "",
+                  "Best baseline = the highest mean R^2 among " + ", ".join(h["baselines"]) +
+                  " for that pair and budget (chosen on the test scores, which favours the baselines).", "",
+                  "| AOI | task | " + " | ".join(f"{fs.split()[-1]} @{b} | best baseline @{b} | diff @{b}"
+                                                   for b in HEADLINE_BUDGETS) + " |",
+                  "|---|---|" + "---|---|---|" * len(HEADLINE_BUDGETS)]
+        for it in c["pairs"]:
             cells = []
-            for b in small:
-                cells.append(f"{_fmt(score(PRETRAINED, rep, aoi, task, b))} / {_fmt(score(RANDOM_INIT, rep, aoi, task, b))}"
-                             f" / {_fmt(score(HANDCRAFTED, HANDCRAFTED, aoi, task, b))}")
-            lines.append(f"| {aoi} | {task} | {'yes' if obs else 'no'} | {rep} | {_fmt(full)} | {_fmt(r250, True)} | "
-                         f"{_fmt(r500, True)} | " + " | ".join(cells) + " |")
-            if not obs:
-                continue
-            best = np.nanmax([r250, r500]) if np.isfinite([r250, r500]).any() else np.nan
-            if np.isfinite(best):
-                checks["ratio"].append((aoi, task, rep, best >= 0.95, best))
-            budgets_le500 = [b for b in r.budget.unique() if b != "all" and int(b) <= 500]
-            diffs = [score(PRETRAINED, rep, aoi, task, b) - score(RANDOM_INIT, rep, aoi, task, b) for b in budgets_le500]
-            diffs = [d for d in diffs if np.isfinite(d)]
-            if diffs:
-                checks["random"].append((aoi, task, rep, min(diffs) > 0, min(diffs)))
-            if rep == "fused":
-                hd = [score(PRETRAINED, rep, aoi, task, b) - score(HANDCRAFTED, HANDCRAFTED, aoi, task, b)
-                      for b in budgets_le500 if int(b) <= 100]
-                hd = [d for d in hd if np.isfinite(d)]
-                if hd:
-                    checks["hand"].append((aoi, task, rep, np.mean(hd) > 0, float(np.mean(hd))))
-    lines += ["", "Cells '@N: pre / rand / hand' are R^2 at N labels: pretrained (this representation) / random-init "
-              "(same architecture, untrained) / hand-crafted per-channel statistics.", "", "## Targets (observable tasks only)", ""]
-    for key, text in (("ratio", ">= 95% of the full-label score at 250 or 500 labels"),
-                      ("random", "pretrained above random-init at every budget <= 500 (worst margin)"),
-                      ("hand", "fused pretrained above hand-crafted statistics at <= 100 labels (mean margin)")):
-        items = checks[key]
-        ok = sum(1 for it in items if it[3])
-        lines.append(f"- {text}: **{ok} / {len(items)}** pass")
-        fails = [f"{a}/{t}/{rep} ({_fmt(v, key == 'ratio')})" for a, t, rep, passed, v in items if not passed]
-        if fails:
-            lines.append(f"  - not met: {', '.join(fails[:20])}{' ...' if len(fails) > 20 else ''}")
-    unobs = sorted({(a, t) for a, t, o in r[["aoi", "task", "observable"]].itertuples(index=False) if not o})
-    if unobs:
-        lines += ["", "Not observable (label std <= 0.02 or < 20 chips with the class): "
-                  + ", ".join(f"{a}/{t}" for a, t in unobs)]
+            for b in HEADLINE_BUDGETS:
+                d = it[b]
+                cells += [f"{_fmt(d['pretrained'])} ± {_fmt(d['pretrained_std'])}",
+                          f"{d['best_baseline']} {_fmt(d['best_baseline_r2'])} ± {_fmt(d['best_baseline_std'])}",
+                          "-" if not np.isfinite(d["difference"]) else f"{d['difference']:+.3f}"]
+            lines.append(f"| {it['aoi']} | {it['task']} | " + " | ".join(cells) + " |")
+        lines += ["", "Pairs where " + fs + " beats the best baseline: " + ", ".join(
+            f"**{c['wins'][b]} / {c['counted'][b]}** at {b} labels" for b in HEADLINE_BUDGETS) + ".", ""]
+        lines += [f"## (c) {fs}: share of the full-label score at {RATIO_BUDGET} labels", "",
+                  f"Mean over the observable pairs: **{_fmt(c['ratio_at_250_mean'], True)}** of the full-label R^2. "
+                  f"Pairs below {int(RATIO_TARGET * 100)} %: " + (", ".join(
+                      f"{a}/{t} ({_fmt(v, True)})" for a, t, v in c["below_target"]) or "none") + ".", ""]
+    # (d)
+    all_pairs = list(dict.fromkeys(zip(r.aoi, r.task)))
+    dropped = r.drop_duplicates(["aoi", "task"])
+    dropped = dropped[~dropped.observable.astype(bool)]
+    lines += ["## (d) Observability filter", "",
+              f"A task is scored on an AOI only if its label std > {OBSERVABLE_STD} and at least "
+              f"{OBSERVABLE_MIN_CHIPS} chips hold the class (fraction > {PRESENCE_THRESHOLD}). Kept {len(pairs)} of "
+              f"{len(all_pairs)} AOI x task pairs; dropped: " + (", ".join(
+                  f"{t.aoi}/{t.task} ({t.observability})" for t in dropped.itertuples()) or "none") +
+              ". Dropped pairs are still in results.csv and the curves, marked not observable.", ""]
+    # (e)
+    lines += ["## (e) Pool and test sizes", "",
+              "Per AOI x task: chips in the AOI, the training pool ('all' budget) and test chips of the shared split "
+              "(mean over split seeds); representations that see fewer test chips are listed with their count.", "",
+              "| AOI | task | chips | pool | test chips | fewer test chips |", "|---|---|---|---|---|---|"]
+    n_chips = settings.get("chips_per_aoi", {})
+    for (aoi, task), g in r[r.budget == "all"].groupby(["aoi", "task"], sort=False):
+        split_n = int(g.n_test_split.max())
+        fewer = [f"{t.series} {int(t.n_test)}" for t in g.itertuples() if int(t.n_test) < split_n]
+        lines.append(f"| {aoi} | {task} | {n_chips.get(aoi, '-')} | {int(g.n_pool.max())} | {split_n} | "
+                     f"{', '.join(fewer) or '-'} |")
     if dropout is not None and not dropout.empty:
         lines += ["", f"## Missing data at inference ({dropout.budget.iloc[0]} labels)", "", dropout_markdown(dropout, header=False)]
     return "\n".join(lines) + "\n"
@@ -336,44 +585,47 @@ def dropout_markdown(df: pd.DataFrame, header: bool = True) -> str:
 
 
 def plot_curves(results: pd.DataFrame, out_dir: Path) -> list[Path]:
-    """One PNG per AOI x task: R^2 vs labels per representation and baseline; full-label scores dashed."""
+    """One PNG per AOI x task: R^2 vs labels per representation and baseline (band: ± std); pretrained 'all' dashed."""
+    import io
+
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    colours = {"s2rgb": "tab:green", "s1amp": "tab:blue", "coh": "tab:purple", "fused": "black", HANDCRAFTED: "tab:orange"}
+    colours = {"s2rgb": "tab:green", "s1amp": "tab:blue", "coh": "tab:purple", "fused": "black", "stats": "tab:orange",
+               "hist": "tab:red", "texture": "tab:brown", "combined": "tab:olive"}
+    styles = {PRETRAINED: "-", RANDOM_INIT: ":", HANDCRAFTED: "-."}
     paths = []
+    results = results.copy()
+    results["budget"] = results["budget"].astype(str)
     for (aoi, task), g in results.groupby(["aoi", "task"], sort=False):
         fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=100)
-        for (model, rep), h in g.groupby(["model", "representation"], sort=False):
-            if model == RANDOM_INIT and rep != "fused":
-                continue  # one random-init line keeps the plot readable; the CSV holds every representation
+        for s in _series_order(g):
+            h = g[g.series == s]
+            model, rep = h.model.iloc[0], h.representation.iloc[0]
             curve = h[h.budget != "all"]
             x = curve.n_train.to_numpy()
-            m, s = curve.r2_mean.to_numpy(), curve.r2_std.to_numpy()
-            style = {"pretrained": "-", RANDOM_INIT: ":", HANDCRAFTED: "-."}[model]
-            label = rep if model == PRETRAINED else f"{rep} ({model})" if model == RANDOM_INIT else "hand-crafted stats"
-            ax.plot(x, m, style, marker="o", ms=3, color=colours[rep], label=label)
-            ax.fill_between(x, m - s, m + s, color=colours[rep], alpha=0.12)
+            m, sd = curve.r2_mean.to_numpy(), curve.r2_std.to_numpy()
+            col = colours.get(rep, "grey")
+            ax.plot(x, m, styles.get(model, "--"), marker="o", ms=3, color=col, label=s)
+            ax.fill_between(x, m - sd, m + sd, color=col, alpha=0.10)
             full = h[h.budget == "all"]
             if len(full) and model == PRETRAINED:
-                ax.axhline(float(full.r2_mean.iloc[0]), ls="--", lw=0.8, color=colours[rep])
+                ax.axhline(float(full.r2_mean.iloc[0]), ls="--", lw=0.8, color=col)
         ax.set_xscale("log")
         ax.set_xlabel("labelled chips")
-        ax.set_ylabel("R^2 (test split)")
+        ax.set_ylabel("R^2 (blocked test split)")
         sim = " (simulated)" if bool(g.simulated.iloc[0]) else ""
         obs = "" if bool(g.observable.iloc[0]) else " - not observable"
         ax.set_title(f"{aoi}{sim}: {task}{obs}", fontsize=10)
         lo = np.nanmin(g.r2_mean.to_numpy()) if len(g) else 0
         ax.set_ylim(max(-0.5, min(0.0, lo - 0.05)), 1.0)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, loc="lower right")
+        ax.legend(fontsize=6, loc="lower right", ncol=2)
         fig.tight_layout()
         path = out_dir / f"{aoi}_{task}.png"
-        import io
-
         buf = io.BytesIO()
         fig.savefig(buf, format="png")
         plt.close(fig)
@@ -383,22 +635,41 @@ def plot_curves(results: pd.DataFrame, out_dir: Path) -> list[Path]:
 
 
 # ----------------------------------------------------------------------------------------- driver
-def run_evaluation(ws: Workspace, *, aois: Sequence[str] | None = None, checkpoint: str | Path = SHIPPED_CHECKPOINT,
-                   run_name: str | None = None, budgets: Sequence[int | None] = DEFAULT_BUDGETS, repeats: int = 10,
-                   estimator: str = "ridge", seed: int = 0, tasks: Sequence[str] = LABEL_TASKS,
-                   dropout_budget: int = DROPOUT_BUDGET, dropout_channels: bool = True, progress: bool = True,
-                   progress_cb: ProgressCallback | None = None) -> Path:
-    """Run the whole protocol on the workspace's AOIs and write the report folder; returns its path."""
+def run_evaluation(ws: Workspace, *, aois: Sequence[str] | None = None,
+                   checkpoint: str | Path | Sequence[str | Path] = SHIPPED_CHECKPOINT,
+                   run_name: str | None = None, budgets: Sequence[int | None] = DEFAULT_BUDGETS,
+                   repeats: int = DEFAULT_REPEATS, estimator: str = "ridge", seed: int = 0,
+                   tasks: Sequence[str] = LABEL_TASKS, dropout_budget: int = DROPOUT_BUDGET,
+                   dropout_channels: bool = True, progress: bool = True, progress_cb: ProgressCallback | None = None,
+                   split_seeds: Sequence[int] | None = None, block: int = DEFAULT_BLOCK, buffer: int = DEFAULT_BUFFER,
+                   representations: Sequence[str] = DEFAULT_REPRESENTATIONS, dropout: bool = True,
+                   hist_edges: str = "data", test_fraction: float = TEST_FRACTION) -> Path:
+    """Run the whole protocol on the workspace's AOIs and write the report folder; returns its path.
+
+    checkpoint: one checkpoint or several (one pretrained row set per checkpoint, labelled by its name).
+    split_seeds: the blocked splits' seeds (default: DEFAULT_SPLIT_SEEDS seeds from `seed`).
+    """
     if estimator not in ESTIMATORS:
         raise EvaluationError(f"unknown estimator {estimator!r}; choose one of {list(ESTIMATORS)}")
     if repeats < 1:
         raise EvaluationError(f"repeats must be >= 1, got {repeats}")
+    if block < 1 or buffer < 0:
+        raise EvaluationError(f"block must be >= 1 and buffer >= 0, got block {block}, buffer {buffer}")
     bad = [t for t in tasks if t not in LABEL_TASKS]
     if bad:
         raise EvaluationError(f"unknown tasks {bad}; known: {list(LABEL_TASKS)}")
+    representations = parse_representations(representations)
     if None not in budgets:
         budgets = tuple(budgets) + (None,)  # the full-label reference is what every ratio divides by
-    checkpoint = Path(checkpoint)
+    checkpoints = [Path(checkpoint)] if isinstance(checkpoint, (str, Path)) else [Path(c) for c in checkpoint]
+    if not checkpoints:
+        raise EvaluationError("no checkpoint given")
+    names = [model_name_of(c) for c in checkpoints]
+    if len(set(names)) != len(names):
+        raise EvaluationError(f"checkpoints must have distinct directory names (they label the rows), got {names}")
+    seeds = [int(s) for s in split_seeds] if split_seeds is not None else [seed + i for i in range(DEFAULT_SPLIT_SEEDS)]
+    if not seeds:
+        raise EvaluationError("no split seeds")
     aois = list(aois or ws.list_stores())
     if not aois:
         raise EvaluationError(f"no chip stores in {ws.stores_dir}: build the workspace with "
@@ -406,27 +677,34 @@ def run_evaluation(ws: Workspace, *, aois: Sequence[str] | None = None, checkpoi
     missing = [a for a in aois if a not in ws.list_stores()]
     if missing:
         raise EvaluationError(f"no store for AOI(s) {missing} in {ws.stores_dir}; known: {ws.list_stores()}")
-    run_name = run_name or f"{model_name_of(checkpoint)}-{estimator}"
+    run_name = run_name or f"{'+'.join(names)}-{estimator}"
     out = ws.artifact_dir("evaluations", run_name)
     t0 = time.perf_counter()
-    results, dropouts, timings = [], [], {}
+    results, dropouts, timings, chips = [], [], {}, {}
+    split_kw = dict(split_seeds=seeds, block=block, buffer=buffer, test_fraction=test_fraction)
     bar = tqdm(aois, desc="evaluate", unit="aoi", disable=not progress)
     for i, aoi in enumerate(bar):
         ta = time.perf_counter()
         bar.set_postfix_str(aoi)
         if progress_cb:
             progress_cb(i / len(aois), f"evaluating {aoi}")
-        results.append(evaluate_aoi(ws, aoi, checkpoint=checkpoint, budgets=budgets, repeats=repeats,
-                                    estimator=estimator, seed=seed, tasks=tasks, progress=progress))
-        dropouts.append(dropout_table(ws, aoi, checkpoint=checkpoint, budget=dropout_budget, repeats=repeats,
-                                      estimator=estimator, seed=seed, tasks=tasks, channels=dropout_channels,
-                                      progress=progress))
+        chips[aoi] = len(ws.open_store(aoi))
+        results.append(evaluate_aoi(ws, aoi, checkpoint=checkpoints, budgets=budgets, repeats=repeats,
+                                    estimator=estimator, seed=seed, tasks=tasks, progress=progress,
+                                    representations=representations, hist_edges=hist_edges, **split_kw))
+        if dropout and any(r in REPRESENTATIONS for r in representations):
+            dropouts.append(dropout_table(ws, aoi, checkpoint=checkpoints[0], budget=dropout_budget, repeats=repeats,
+                                          estimator=estimator, seed=seed, tasks=tasks, channels=dropout_channels,
+                                          progress=progress, **split_kw))
         timings[aoi] = round(time.perf_counter() - ta, 1)
     res = pd.concat(results, ignore_index=True) if results else pd.DataFrame()
     drop = pd.concat(dropouts, ignore_index=True) if dropouts else pd.DataFrame()
-    settings = {"checkpoint": str(checkpoint), "estimator": estimator, "repeats": repeats, "seed": seed,
-                "budgets": [budget_label(b) for b in budgets], "tasks": list(tasks), "aois": aois,
-                "dropout_budget": dropout_budget, "dropout_channels": dropout_channels,
+    settings = {"checkpoint": str(checkpoints[0]), "checkpoints": [str(c) for c in checkpoints],
+                "estimator": estimator, "repeats": repeats, "seed": seed, "split_seeds": seeds, "block": block,
+                "buffer": buffer, "test_fraction": test_fraction, "representations": list(representations),
+                "hist_edges": hist_edges, "budgets": [budget_label(b) for b in budgets], "tasks": list(tasks),
+                "aois": aois, "chips_per_aoi": chips, "dropout": dropout, "dropout_budget": dropout_budget,
+                "dropout_channels": dropout_channels,
                 "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "results.csv", res.to_csv(index=False))
@@ -434,7 +712,9 @@ def run_evaluation(ws: Workspace, *, aois: Sequence[str] | None = None, checkpoi
     atomic_write_text(out / "dropout.md", dropout_markdown(drop))
     atomic_write_text(out / "summary.md", summary_markdown(res, drop, settings))
     pngs = plot_curves(res, out / "curves") if not res.empty else []
-    atomic_write_json(out / "run.json", {**settings, "seconds_per_aoi": timings,
+    pools = ({a: int(g.n_pool.max()) for a, g in res[res.budget.astype(str) == "all"].groupby("aoi")}
+             if not res.empty else {})
+    atomic_write_json(out / "run.json", {**settings, "pool_per_aoi": pools, "seconds_per_aoi": timings,
                                          "seconds": round(time.perf_counter() - t0, 1), "curves": [p.name for p in pngs]})
     ws.record(f"evaluations/{run_name}", seconds=round(time.perf_counter() - t0, 1), aois=aois)
     if progress_cb:
@@ -446,40 +726,65 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Command line: the paper-style evaluation of a workspace."""
     ap = argparse.ArgumentParser(
         prog="python -m core.evaluate",
-        description="Few-shot evaluation like the paper: per AOI x representation (s2rgb, s1amp, coh, fused) x task x "
-        "label budget, mean/std of R^2, Pearson r and MAE over repeated draws and the ratio to the full-label score, "
-        "with random-init and hand-crafted baselines and a modality/channel dropout table. Missing embeddings "
-        "(random-init, drop-<mod>-<channel>) are built first. Writes <workspace>/evaluations/<run-name>/.",
+        description="Few-shot evaluation: per AOI x task x representation x label budget, R^2 / Pearson r / MAE of a "
+        "ridge probe on spatially blocked test splits (whole BLOCK x BLOCK-chip squares held out; the same test "
+        "chips for every representation), mean and std over split seeds x random draws, and the ratio to the "
+        "full-label score. Representations: pretrained s2rgb/s1amp/coh/fused (per --checkpoint), random-init "
+        "(same architecture untrained), and hand-crafted baselines stats (per-channel mean/std/quantiles), hist "
+        "(per-channel histograms), texture (gradient and channel-difference statistics), combined (all three). "
+        "Also a modality/channel dropout table. Missing embeddings are built first. Writes "
+        "<workspace>/evaluations/<run-name>/ (summary.md holds the headline tables).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     ap.add_argument("--workspace", default=None, help="workspace directory (default: $EO_WORKSPACE or ./workspace)")
-    ap.add_argument("--aoi", nargs="+", default=None, help="AOIs (default: every store in the workspace)")
-    ap.add_argument("--checkpoint", default=str(SHIPPED_CHECKPOINT), help="checkpoint directory")
+    ap.add_argument("--aoi", "--aois", dest="aoi", nargs="+", default=None,
+                    help="AOIs (default: every store in the workspace; each is evaluated with all its chips)")
+    ap.add_argument("--checkpoint", action="append", default=None,
+                    help=f"checkpoint directory; repeat for several (one row set each, labelled by the directory "
+                    f"name; default {SHIPPED_CHECKPOINT})")
     ap.add_argument("--budgets", nargs="+", default=[budget_label(b) for b in DEFAULT_BUDGETS],
                     help="label budgets; 'all' = the whole training pool (always added)")
-    ap.add_argument("--repeats", type=int, default=10, help="random draws per budget")
+    ap.add_argument("--repeats", type=int, default=DEFAULT_REPEATS, help="random draws per budget and split seed")
+    ap.add_argument("--split-seeds", nargs="+", type=int, default=None,
+                    help=f"seeds of the blocked test splits (default: {DEFAULT_SPLIT_SEEDS} seeds from --seed)")
+    ap.add_argument("--block", type=int, default=DEFAULT_BLOCK, help="side of the held-out squares, in chips")
+    ap.add_argument("--buffer", type=int, default=DEFAULT_BUFFER,
+                    help="drop pool chips within this many chips of a test square (0: none)")
+    ap.add_argument("--test-fraction", type=float, default=TEST_FRACTION, help="share of labelled chips in the test set")
+    ap.add_argument("--representations", nargs="+", default=list(DEFAULT_REPRESENTATIONS),
+                    help="row sets: s2rgb s1amp coh fused (pretrained), random-init (fused) or random-init:<key>, "
+                    "stats, hist, texture, combined")
+    ap.add_argument("--hist-edges", choices=["data", "range"], default="data",
+                    help="histogram bins: equal-mass AOI pixel quantiles (data) or the registry valid range (range)")
     ap.add_argument("--estimator", default="ridge", choices=list(ESTIMATORS))
     ap.add_argument("--tasks", nargs="+", default=list(LABEL_TASKS), choices=list(LABEL_TASKS))
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seed", type=int, default=0, help="first split seed when --split-seeds is not given")
     ap.add_argument("--dropout-budget", type=int, default=DROPOUT_BUDGET, help="labels for the dropout table")
     ap.add_argument("--no-channel-dropout", action="store_true",
                     help="skip the drop-<mod>-<channel> embeddings (modality dropout still runs)")
+    ap.add_argument("--no-dropout", action="store_true", help="skip the dropout table altogether")
     ap.add_argument("--run-name", default=None, help="output folder name (default: <model>-<estimator>)")
     ap.add_argument("--quick", action="store_true",
-                    help=f"smoke run: budgets {[budget_label(b) for b in QUICK_BUDGETS]}, 3 repeats, no channel dropout")
+                    help=f"smoke run: budgets {[budget_label(b) for b in QUICK_BUDGETS]}, 3 repeats, one split seed, "
+                    "no channel dropout")
     ap.add_argument("--quiet", action="store_true", help="no progress bars")
     args = ap.parse_args(argv)
+    checkpoints = args.checkpoint or [str(SHIPPED_CHECKPOINT)]
     try:
         budgets = QUICK_BUDGETS if args.quick else parse_budgets(args.budgets)
         repeats = 3 if args.quick else args.repeats
+        split_seeds = args.split_seeds or ([args.seed] if args.quick else None)
         dropout_budget = min(args.dropout_budget, 100) if args.quick else args.dropout_budget
-        out = run_evaluation(Workspace(args.workspace), aois=args.aoi, checkpoint=args.checkpoint,
-                             run_name=args.run_name or (f"{model_name_of(args.checkpoint)}-{args.estimator}-quick"
-                                                        if args.quick else None),
+        name = "+".join(model_name_of(c) for c in checkpoints)
+        out = run_evaluation(Workspace(args.workspace), aois=args.aoi, checkpoint=checkpoints,
+                             run_name=args.run_name or (f"{name}-{args.estimator}-quick" if args.quick else None),
                              budgets=budgets, repeats=repeats, estimator=args.estimator, seed=args.seed,
                              tasks=args.tasks, dropout_budget=dropout_budget,
-                             dropout_channels=not (args.quick or args.no_channel_dropout), progress=not args.quiet)
-    except EvaluationError as e:
+                             dropout_channels=not (args.quick or args.no_channel_dropout), progress=not args.quiet,
+                             split_seeds=split_seeds, block=args.block, buffer=args.buffer,
+                             representations=args.representations, dropout=not args.no_dropout,
+                             hist_edges=args.hist_edges, test_fraction=args.test_fraction)
+    except (EvaluationError, ProbeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print((out / "summary.md").read_text())

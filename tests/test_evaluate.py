@@ -35,20 +35,26 @@ def tiny_ws(tmp_path_factory):
 
 def test_quick_cli_writes_report(tiny_ws, capsys):
     ws, ckpt = tiny_ws
-    assert main(["--workspace", str(ws.root), "--checkpoint", str(ckpt), "--quick", "--quiet"]) == 0
+    assert main(["--workspace", str(ws.root), "--checkpoint", str(ckpt), "--quick", "--quiet", "--block", "2"]) == 0
     out = ws.root / "evaluations" / "ckpt-test-ridge-quick"
     assert "Few-shot evaluation (SIMULATED AOIs)" in capsys.readouterr().out
     res = pd.read_csv(out / "results.csv")
-    for col in ("aoi", "task", "observable", "model", "representation", "budget", "n_train", "r2_mean", "r2_std",
-                "pearson_r_mean", "mae_mean", "r2_full", "ratio_to_full"):
+    for col in ("aoi", "task", "observable", "model", "checkpoint", "representation", "series", "budget", "n_train",
+                "n_pool", "n_test", "n_test_split", "split_seeds", "draws", "r2_mean", "r2_std", "pearson_r_mean",
+                "mae_mean", "r2_full", "ratio_to_full"):
         assert col in res.columns, col
     assert set(res.model) == {"pretrained", "random-init", "handcrafted"}
     assert set(res[res.model == "pretrained"].representation) == {"s2rgb", "s1amp", "coh", "fused"}
+    assert set(res[res.model == "random-init"].representation) == {"fused"}
+    assert set(res[res.model == "handcrafted"].representation) == {"stats", "hist", "texture", "combined"}
     assert set(res.task) == {"vegetation", "builtup", "cropland", "water"}
-    # 56 chips -> a pool of ~38: budget 100 cannot be drawn, 10 and 'all' can.
+    # 56 chips -> a pool of ~39: budget 100 cannot be drawn, 10 and 'all' can.
     assert set(res.budget.astype(str)) == {"10", "all"}
     full = res[res.budget.astype(str) == "all"]
     assert (full.n_train == full.n_pool).all()
+    # the same split for every representation of a task: a representation sees a subset of its test chips
+    for task, g in full.groupby("task"):
+        assert g.n_test_split.nunique() == 1 and (g.n_test <= g.n_test_split).all()
     pos = full[full.r2_mean > 0]
     np.testing.assert_allclose(pos.ratio_to_full, 1.0)
     assert res.mae_mean.between(0, 1).all() and res.pearson_r_mean.dropna().between(-1, 1).all()
@@ -56,16 +62,62 @@ def test_quick_cli_writes_report(tiny_ws, capsys):
     assert pngs == [f"conus_{t}.png" for t in sorted(["vegetation", "builtup", "cropland", "water"])]
     assert all((out / "curves" / p).read_bytes()[:4] == b"\x89PNG" for p in pngs)
     summary = (out / "summary.md").read_text()
-    assert "| AOI | task | observable |" in summary and "## Targets" in summary
+    for heading in ("## (a) Mean R^2 by label budget", "## (b) pretrained fused vs the best baseline",
+                    "## (c) pretrained fused: share of the full-label score", "## (d) Observability filter",
+                    "## (e) Pool and test sizes", "blocked splits: whole 2 x 2-chip squares"):
+        assert heading in summary, heading
+    assert "| pretrained fused |" in summary and "| hist |" in summary
+    assert "beats the best baseline:" in summary
     drop = pd.read_csv(out / "dropout.csv")
     assert {"none", "modality s2rgb", "modality s1amp", "modality coh"} <= set(drop.missing)
     assert (drop[drop.missing == "none"].r2_change.abs() < 1e-12).all()
+    run = __import__("json").loads((out / "run.json").read_text())
+    assert run["block"] == 2 and run["split_seeds"] == [0] and run["chips_per_aoi"] == {"conus": 56}
+
+
+def test_same_test_chips_for_every_representation(tiny_ws):
+    from core.evaluate import probe_rows, task_splits
+
+    ws, _ = tiny_ws
+    store = ws.open_store("conus")
+    y = store.labels("cropland").astype(np.float64)
+    splits = task_splits(store, y, [0, 1, 2], block=2)
+    assert len(splits) == 3 and len({tuple(s.test) for s in splits}) == 3   # seeds differ
+    rng = np.random.default_rng(0)
+    X1, X2 = rng.normal(size=(len(y), 6)), rng.normal(size=(len(y), 9))
+    sees_all = np.ones(len(y), dtype=bool)
+    sees_some = sees_all.copy()
+    sees_some[splits[0].test[:3]] = False
+    kw = dict(budgets=[5, None], task="cropland", estimator="ridge", repeats=2)
+    a, b = probe_rows(X1, y, sees_all, splits, **kw), probe_rows(X2, y, sees_some, splits, **kw)
+    assert [r["n_test_split"] for r in a] == [r["n_test_split"] for r in b]
+    n_split = np.mean([len(s.test) for s in splits])
+    assert a[-1]["n_test"] == round(n_split) and a[-1]["n_test_min"] == min(len(s.test) for s in splits)
+    assert b[-1]["n_test"] == round(np.mean([sees_some[s.test].sum() for s in splits]))   # the test chips it sees
+    assert b[-1]["n_test"] < a[-1]["n_test"]
+    assert a[0]["draws"] == 6 and a[-1]["draws"] == 3  # split seeds x draws; 'all' one fit per seed
+
+
+def test_two_checkpoints_and_representation_subset(tiny_ws, tmp_path):
+    ws, ckpt = tiny_ws
+    other = tmp_path / "ckpt-two"
+    import shutil
+
+    shutil.copytree(ckpt, other)
+    out = run_evaluation(ws, checkpoint=[ckpt, other], run_name="two", budgets=(5,), repeats=2, tasks=["cropland"],
+                         split_seeds=[0, 1], block=2, representations=["fused", "hist"], dropout=False,
+                         progress=False)
+    res = pd.read_csv(out / "results.csv")
+    assert set(res.series) == {"pretrained[ckpt-test] fused", "pretrained[ckpt-two] fused", "hist"}
+    assert (res.split_seeds == 2).all()
+    summary = (out / "summary.md").read_text()
+    assert summary.count("## (b) pretrained[") == 2
 
 
 def test_channel_dropout_table(tiny_ws):
     ws, ckpt = tiny_ws
     out = run_evaluation(ws, checkpoint=ckpt, run_name="drops", budgets=(5,), repeats=2, tasks=["cropland"],
-                         dropout_budget=20, progress=False)
+                         dropout_budget=20, progress=False, block=2, representations=["fused", "stats"])
     drop = pd.read_csv(out / "dropout.csv")
     assert {"channel s1amp-VH", "channel coh-VV_12d", "channel s2rgb-B4"} <= set(drop.missing)
     vh = drop[(drop.missing == "channel s1amp-VH")]
