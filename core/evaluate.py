@@ -12,7 +12,8 @@ Protocol (see docs/EVALUATION.md and docs/CONTRACTS.md):
   std are over all split seeds x draws (for 'all': over split seeds). Ridge probe (RidgeCV, alpha by LOO).
 - Representations: the pretrained per-modality and fused embeddings (one set per `--checkpoint`), and
   baselines under the same protocol: the same architecture untrained (`random-init`, fused), per-channel
-  statistics (`stats`), per-channel histograms (`hist`), gradient-texture and within-modality channel
+  statistics (`stats`), per-channel histograms (`hist`: fixed bins over the registry range; `hist-q`:
+  equal-mass bins from the AOI's pixel quantiles), gradient-texture and within-modality channel
   difference statistics (`texture`), and all three together (`combined`), from `core.features`.
 - A task is *observable* on an AOI when its label varies (std > 0.02) and at least 20 chips hold the class
   (fraction > 0.05); headline numbers use observable pairs only, and the summary lists what is dropped.
@@ -73,7 +74,7 @@ DEFAULT_REPEATS = 10
 HEADLINE_BUDGETS: tuple[str, ...] = ("25", "100")
 RATIO_BUDGET = "250"
 RATIO_TARGET = 0.95
-FEATURES_VERSION = 1
+FEATURES_VERSION = 2
 METRICS = ("r2", "pearson_r", "mae")
 ProgressCallback = Callable[[float, str], None]
 
@@ -230,13 +231,13 @@ def _store_key(store: ChipStore) -> str:
                           f"{FEATURES_VERSION}".encode()).hexdigest()[:16]
 
 
-def cached_baselines(ws: Workspace, store: ChipStore, kinds: Sequence[str], *, edges: str = "data",
+def cached_baselines(ws: Workspace, store: ChipStore, kinds: Sequence[str], *,
                      progress: bool = False) -> dict[str, np.ndarray]:
     """The cheap baselines of an AOI, cached under <workspace>/evaluations/_features/<aoi>/ (keyed by the store)."""
     kinds = [k for k in kinds if k in BASELINES]
     if not kinds:
         return {}
-    path = ws.artifact_dir("evaluations", "_features", store.meta.aoi) / f"baselines-{edges}-{_store_key(store)}.npz"
+    path = ws.artifact_dir("evaluations", "_features", store.meta.aoi) / f"baselines-{_store_key(store)}.npz"
     if path.is_file():
         try:
             with np.load(path) as z:
@@ -244,13 +245,13 @@ def cached_baselines(ws: Workspace, store: ChipStore, kinds: Sequence[str], *, e
                     return {k: z[k] for k in kinds}
         except (OSError, ValueError):
             pass
-    feats = baseline_features(store, BASELINES, edges=edges, progress=progress)
+    feats = baseline_features(store, BASELINES, progress=progress)
     import io
 
     buf = io.BytesIO()
     np.savez(buf, **feats)
     path.parent.mkdir(parents=True, exist_ok=True)
-    for old in path.parent.glob(f"baselines-{edges}-*.npz"):
+    for old in path.parent.glob("baselines-*.npz"):
         old.unlink(missing_ok=True)
     atomic_write_bytes(path, buf.getvalue())
     return {k: feats[k] for k in kinds}
@@ -278,7 +279,7 @@ def series_name(model: str, rep: str, checkpoint: str = "", multi: bool = False)
 
 
 def aoi_series(ws: Workspace, aoi: str, *, checkpoints: Sequence[Path], representations: Sequence[str],
-               progress: bool = False, hist_edges: str = "data") -> list[Series]:
+               progress: bool = False) -> list[Series]:
     """Every representation of one AOI, standardised once (features are reused across tasks and splits)."""
     store = ws.open_store(aoi)
     multi = len(checkpoints) > 1
@@ -308,7 +309,7 @@ def aoi_series(ws: Workspace, aoi: str, *, checkpoints: Sequence[Path], represen
                         out.append(Series(series_name(RANDOM_INIT, rep), RANDOM_INIT, rep, name, standardise(v, p), p))
     kinds = [r for r in representations if r in BASELINES]
     if kinds:
-        feats = cached_baselines(ws, store, kinds, edges=hist_edges, progress=progress)
+        feats = cached_baselines(ws, store, kinds, progress=progress)
         ones = np.ones(len(store), dtype=bool)
         for k in kinds:
             out.append(Series(k, HANDCRAFTED, k, "", standardise(feats[k]), ones))
@@ -318,14 +319,12 @@ def aoi_series(ws: Workspace, aoi: str, *, checkpoints: Sequence[Path], represen
 def evaluate_aoi(ws: Workspace, aoi: str, *, checkpoint: Path | Sequence[Path], budgets: Sequence[int | None],
                  repeats: int, estimator: str, seed: int = 0, tasks: Sequence[str], progress: bool = False,
                  split_seeds: Sequence[int] | None = None, block: int = DEFAULT_BLOCK, buffer: int = DEFAULT_BUFFER,
-                 representations: Sequence[str] = DEFAULT_REPRESENTATIONS, hist_edges: str = "data",
-                 test_fraction: float = TEST_FRACTION) -> pd.DataFrame:
+                 representations: Sequence[str] = DEFAULT_REPRESENTATIONS, test_fraction: float = TEST_FRACTION) -> pd.DataFrame:
     """The learning-curve table of one AOI: every representation on the same blocked splits of each task."""
     store = ws.open_store(aoi)
     checkpoints = [Path(checkpoint)] if isinstance(checkpoint, (str, Path)) else [Path(c) for c in checkpoint]
     seeds = list(split_seeds) if split_seeds is not None else [seed + i for i in range(DEFAULT_SPLIT_SEEDS)]
-    series = aoi_series(ws, aoi, checkpoints=checkpoints, representations=representations, progress=progress,
-                        hist_edges=hist_edges)
+    series = aoi_series(ws, aoi, checkpoints=checkpoints, representations=representations, progress=progress)
     rows: list[dict] = []
     for task in tasks:
         y = store.labels(task).astype(np.float64)
@@ -595,7 +594,7 @@ def plot_curves(results: pd.DataFrame, out_dir: Path) -> list[Path]:
 
     out_dir.mkdir(parents=True, exist_ok=True)
     colours = {"s2rgb": "tab:green", "s1amp": "tab:blue", "coh": "tab:purple", "fused": "black", "stats": "tab:orange",
-               "hist": "tab:red", "texture": "tab:brown", "combined": "tab:olive"}
+               "hist": "tab:red", "hist-q": "tab:pink", "texture": "tab:brown", "combined": "tab:olive"}
     styles = {PRETRAINED: "-", RANDOM_INIT: ":", HANDCRAFTED: "-."}
     paths = []
     results = results.copy()
@@ -643,7 +642,7 @@ def run_evaluation(ws: Workspace, *, aois: Sequence[str] | None = None,
                    dropout_channels: bool = True, progress: bool = True, progress_cb: ProgressCallback | None = None,
                    split_seeds: Sequence[int] | None = None, block: int = DEFAULT_BLOCK, buffer: int = DEFAULT_BUFFER,
                    representations: Sequence[str] = DEFAULT_REPRESENTATIONS, dropout: bool = True,
-                   hist_edges: str = "data", test_fraction: float = TEST_FRACTION) -> Path:
+                   test_fraction: float = TEST_FRACTION) -> Path:
     """Run the whole protocol on the workspace's AOIs and write the report folder; returns its path.
 
     checkpoint: one checkpoint or several (one pretrained row set per checkpoint, labelled by its name).
@@ -691,7 +690,7 @@ def run_evaluation(ws: Workspace, *, aois: Sequence[str] | None = None,
         chips[aoi] = len(ws.open_store(aoi))
         results.append(evaluate_aoi(ws, aoi, checkpoint=checkpoints, budgets=budgets, repeats=repeats,
                                     estimator=estimator, seed=seed, tasks=tasks, progress=progress,
-                                    representations=representations, hist_edges=hist_edges, **split_kw))
+                                    representations=representations, **split_kw))
         if dropout and any(r in REPRESENTATIONS for r in representations):
             dropouts.append(dropout_table(ws, aoi, checkpoint=checkpoints[0], budget=dropout_budget, repeats=repeats,
                                           estimator=estimator, seed=seed, tasks=tasks, channels=dropout_channels,
@@ -702,7 +701,7 @@ def run_evaluation(ws: Workspace, *, aois: Sequence[str] | None = None,
     settings = {"checkpoint": str(checkpoints[0]), "checkpoints": [str(c) for c in checkpoints],
                 "estimator": estimator, "repeats": repeats, "seed": seed, "split_seeds": seeds, "block": block,
                 "buffer": buffer, "test_fraction": test_fraction, "representations": list(representations),
-                "hist_edges": hist_edges, "budgets": [budget_label(b) for b in budgets], "tasks": list(tasks),
+                "budgets": [budget_label(b) for b in budgets], "tasks": list(tasks),
                 "aois": aois, "chips_per_aoi": chips, "dropout": dropout, "dropout_budget": dropout_budget,
                 "dropout_channels": dropout_channels,
                 "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
@@ -731,7 +730,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "chips for every representation), mean and std over split seeds x random draws, and the ratio to the "
         "full-label score. Representations: pretrained s2rgb/s1amp/coh/fused (per --checkpoint), random-init "
         "(same architecture untrained), and hand-crafted baselines stats (per-channel mean/std/quantiles), hist "
-        "(per-channel histograms), texture (gradient and channel-difference statistics), combined (all three). "
+        "(per-channel histograms over the registry range), hist-q (equal-mass bins), texture (gradient and channel-difference statistics), combined (all three). "
         "Also a modality/channel dropout table. Missing embeddings are built first. Writes "
         "<workspace>/evaluations/<run-name>/ (summary.md holds the headline tables).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
@@ -753,9 +752,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--test-fraction", type=float, default=TEST_FRACTION, help="share of labelled chips in the test set")
     ap.add_argument("--representations", nargs="+", default=list(DEFAULT_REPRESENTATIONS),
                     help="row sets: s2rgb s1amp coh fused (pretrained), random-init (fused) or random-init:<key>, "
-                    "stats, hist, texture, combined")
-    ap.add_argument("--hist-edges", choices=["data", "range"], default="data",
-                    help="histogram bins: equal-mass AOI pixel quantiles (data) or the registry valid range (range)")
+                    "stats, hist, hist-q, texture, combined")
     ap.add_argument("--estimator", default="ridge", choices=list(ESTIMATORS))
     ap.add_argument("--tasks", nargs="+", default=list(LABEL_TASKS), choices=list(LABEL_TASKS))
     ap.add_argument("--seed", type=int, default=0, help="first split seed when --split-seeds is not given")
@@ -783,7 +780,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                              dropout_channels=not (args.quick or args.no_channel_dropout), progress=not args.quiet,
                              split_seeds=split_seeds, block=args.block, buffer=args.buffer,
                              representations=args.representations, dropout=not args.no_dropout,
-                             hist_edges=args.hist_edges, test_fraction=args.test_fraction)
+                             test_fraction=args.test_fraction)
     except (EvaluationError, ProbeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -12,15 +12,16 @@ where the channel is present and a missing value becomes 0 (the column mean); wi
 More cheap baselines for the evaluation (`baseline_features` computes them all in one read of the store;
 each is NaN-free, per channel a block of features plus the presence flag, z-scored like the statistics):
 
-- `hist`: per-channel histograms, `HIST_BINS` bins, the fraction of the chip's finite pixels per bin.
-  Bin edges: `edges="range"` splits each channel's registry valid range (`core.modalities`) evenly, values
-  outside go to the end bins; `edges="data"` (default, the stronger) uses equal-mass edges, the pixel
-  quantiles of that channel over a spread sample of the AOI's chips (no labels are used).
+- `hist`: per-channel histograms, `HIST_BINS` bins, the fraction of the chip's finite pixels per bin; the
+  bins split each channel's registry valid range (`core.modalities`) evenly, values outside go to the end
+  bins. `hist-q`: the same with equal-mass bins, the pixel quantiles of that channel over a spread sample
+  of the AOI's chips (no labels used). Neither dominates: fixed bins keep the tails (bright built-up,
+  dark water) apart, equal-mass bins resolve the bulk (vegetation, cropland), so both are baselines.
 - `texture`: per channel, statistics (mean, std, q10, q50, q90) of the local gradient magnitude at two
   scales (`TEXTURE_SCALES`: native pixels, and after `s` x `s` mean pooling), plus, for every pair of
   channels of a modality (B4-B3, VV-VH, VV_12d-VV_36d ...), the same statistics of the per-pixel
   difference (a joint, within-modality feature that per-channel statistics cannot express).
-- `combined`: stats, hist and texture side by side.
+- `combined`: stats, hist, hist-q and texture side by side.
 """
 
 from __future__ import annotations
@@ -37,7 +38,8 @@ STATISTICS: tuple[str, ...] = ("mean", "std", "q10", "q50", "q90")
 QUANTILES: tuple[float, ...] = (0.10, 0.50, 0.90)
 HIST_BINS = 16
 TEXTURE_SCALES: tuple[int, ...] = (1, 4)
-BASELINES: tuple[str, ...] = ("stats", "hist", "texture", "combined")
+BASELINES: tuple[str, ...] = ("stats", "hist", "hist-q", "texture", "combined")
+_PARTS: tuple[str, ...] = ("stats", "hist", "hist-q", "texture")
 EDGE_SAMPLE_CHIPS = 256
 
 
@@ -251,23 +253,22 @@ def histogram_edges(store: ChipStore, mod: str, channels: Sequence[str], *, edge
 
 
 def baseline_names(store: ChipStore, kind: str, channels: Mapping[str, Sequence[str]] | None = None) -> list[str]:
-    """Column names of one `baseline_features` block (`stats`, `hist`, `texture` or `combined`)."""
+    """Column names of one `baseline_features` block (`stats`, `hist`, `hist-q`, `texture` or `combined`)."""
     chans = _resolve_channels(store, channels)
     if kind == "stats":
         return feature_names(store, channels)
-    if kind == "hist":
+    if kind in ("hist", "hist-q"):
         return [f"{m}.{c}.{x}" for m, cs in chans.items() for c in cs
                 for x in [f"bin{b:02d}" for b in range(HIST_BINS)] + ["present"]]
     if kind == "texture":
         return [f"{g}.{x}" for m, cs in chans.items() for g in _texture_names(m, cs) for x in (*STATISTICS, "present")]
     if kind == "combined":
-        return sum((baseline_names(store, k, channels) for k in ("stats", "hist", "texture")), [])
+        return sum((baseline_names(store, k, channels) for k in _PARTS), [])
     raise FeatureError(f"unknown baseline {kind!r}; choose from {list(BASELINES)}")
 
 
 def baseline_features(store: ChipStore, kinds: Sequence[str] = BASELINES, positions: np.ndarray | Sequence[int] | None = None,
-                      channels: Mapping[str, Sequence[str]] | None = None, *, edges: str = "data",
-                      standardise: bool = True, batch_size: int = 256,
+                      channels: Mapping[str, Sequence[str]] | None = None, *, standardise: bool = True, batch_size: int = 256,
                       progress: bool = False) -> dict[str, np.ndarray]:
     """The cheap baselines of a store in one read: kind -> float32 `[N, F]`, NaN-free (see `baseline_names`)."""
     bad = [k for k in kinds if k not in BASELINES]
@@ -278,35 +279,34 @@ def baseline_features(store: ChipStore, kinds: Sequence[str] = BASELINES, positi
     if pos.size and (pos.min() < 0 or pos.max() >= len(store)):
         raise FeatureError(f"positions out of range for store {store.meta.aoi!r} of {len(store)} chips")
     n = len(pos)
-    need = set(kinds) | ({"stats", "hist", "texture"} if "combined" in kinds else set())
-    blocks: dict[str, list[np.ndarray]] = {k: [] for k in ("stats", "hist", "texture")}
+    need = set(kinds) | (set(_PARTS) if "combined" in kinds else set())
+    blocks: dict[str, list[np.ndarray]] = {k: [] for k in _PARTS}
     bar = tqdm(total=n * len(chans), desc=f"baselines {store.meta.aoi}", unit="chip", disable=not progress, leave=False)
     for mod, cs in chans.items():
         idx = [store.channels(mod).index(c) for c in cs]
         n_tex = len(cs) * len(TEXTURE_SCALES) + len(channel_pairs(cs))
         stats = np.full((n, len(cs), len(STATISTICS)), np.nan)
-        hist = np.full((n, len(cs), HIST_BINS), np.nan)
+        hist = {h: np.full((n, len(cs), HIST_BINS), np.nan) for h in ("hist", "hist-q") if h in need}
         tex = np.full((n, n_tex, len(STATISTICS)), np.nan)
-        e = histogram_edges(store, mod, cs, edges=edges) if "hist" in need else None
+        e = {h: histogram_edges(store, mod, cs, edges="range" if h == "hist" else "data") for h in hist}
         for a in range(0, n, batch_size):
             x = store.read(mod, pos[a:a + batch_size])[:, idx]
             if "stats" in need:
                 stats[a:a + len(x)] = chip_statistics(x)
-            if "hist" in need:
-                hist[a:a + len(x)] = chip_histograms(x, e)
+            for h in hist:
+                hist[h][a:a + len(x)] = chip_histograms(x, e[h])
             if "texture" in need:
                 tex[a:a + len(x)] = chip_texture(x)
             bar.update(len(x))
-        present = np.isfinite(stats[..., 0]) if "stats" in need else np.isfinite(hist[..., 0])
         if "stats" in need:
-            blocks["stats"].append(_finish(stats, present, standardise=standardise))
-        if "hist" in need:
-            blocks["hist"].append(_finish(hist, np.isfinite(hist[..., 0]), standardise=standardise))
+            blocks["stats"].append(_finish(stats, np.isfinite(stats[..., 0]), standardise=standardise))
+        for h, v in hist.items():
+            blocks[h].append(_finish(v, np.isfinite(v[..., 0]), standardise=standardise))
         if "texture" in need:
             tex_present = np.isfinite(tex).any(axis=-1)
             blocks["texture"].append(_finish(tex, tex_present, standardise=standardise))
     bar.close()
     out = {k: np.concatenate(v, axis=1).astype(np.float32) for k, v in blocks.items() if v}
     if "combined" in kinds:
-        out["combined"] = np.concatenate([out["stats"], out["hist"], out["texture"]], axis=1)
+        out["combined"] = np.concatenate([out[k] for k in _PARTS], axis=1)
     return {k: out[k] for k in kinds}

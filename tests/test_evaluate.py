@@ -46,7 +46,7 @@ def test_quick_cli_writes_report(tiny_ws, capsys):
     assert set(res.model) == {"pretrained", "random-init", "handcrafted"}
     assert set(res[res.model == "pretrained"].representation) == {"s2rgb", "s1amp", "coh", "fused"}
     assert set(res[res.model == "random-init"].representation) == {"fused"}
-    assert set(res[res.model == "handcrafted"].representation) == {"stats", "hist", "texture", "combined"}
+    assert set(res[res.model == "handcrafted"].representation) == {"stats", "hist", "hist-q", "texture", "combined"}
     assert set(res.task) == {"vegetation", "builtup", "cropland", "water"}
     # 56 chips -> a pool of ~39: budget 100 cannot be drawn, 10 and 'all' can.
     assert set(res.budget.astype(str)) == {"10", "all"}

@@ -117,7 +117,8 @@ def test_baseline_features_shapes_names_and_missing(tiny_store):
         assert v.dtype == np.float32 and len(v) == 50 and np.isfinite(v).all(), k
         assert len(baseline_names(tiny_store, k)) == v.shape[1], k
     np.testing.assert_allclose(f["stats"], handcrafted_features(tiny_store), atol=1e-6)
-    assert f["combined"].shape[1] == sum(f[k].shape[1] for k in ("stats", "hist", "texture"))
+    assert f["combined"].shape[1] == sum(f[k].shape[1] for k in ("stats", "hist", "hist-q", "texture"))
+    assert f["hist-q"].shape == f["hist"].shape and not np.allclose(f["hist-q"], f["hist"])
     names = baseline_names(tiny_store, "hist")
     assert f["hist"].shape[1] == 5 * (HIST_BINS + 1)
     col = {n: i for i, n in enumerate(names)}
@@ -126,7 +127,7 @@ def test_baseline_features_shapes_names_and_missing(tiny_store):
     tnames = baseline_names(tiny_store, "texture")
     assert "s1amp.VV-VH.mean" in tnames and "s2rgb.B4.grad1.q90" in tnames and "s2rgb.B3-B2.std" in tnames
     # raw histograms (no z-scoring) are fractions summing to 1 where the channel is present
-    raw = baseline_features(tiny_store, ["hist"], standardise=False, edges="range")["hist"]
+    raw = baseline_features(tiny_store, ["hist"], standardise=False)["hist"]
     fr = raw.reshape(50, 5, HIST_BINS + 1)
     present = fr[..., -1] == 1
     np.testing.assert_allclose(fr[..., :-1].sum(-1)[present], 1.0, atol=1e-6)
