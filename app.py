@@ -164,6 +164,7 @@ pages = [
     st.Page("pages/similarity.py", title="Similarity search", icon=":material/travel_explore:"),
     st.Page("pages/explorer.py", title="Embedding explorer", icon=":material/scatter_plot:"),
     st.Page("pages/probes.py", title="Few-shot probes", icon=":material/model_training:"),
+    st.Page("pages/mapping.py", title="Label & map", icon=":material/edit_location_alt:"),
 ]
 navigation = st.navigation(pages)
 state.mark_entrypoint()

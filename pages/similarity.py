@@ -7,7 +7,7 @@ import functools
 import streamlit as st
 
 from core.modalities import LABEL_TASKS
-from ui import cache, maps, search, state
+from ui import cache, labelling, maps, search, state
 from ui.errors import UserError, page_guard
 
 state.require_entrypoint("pages/similarity.py")
@@ -33,7 +33,9 @@ with page_guard("similarity search"):
     scope = c3.radio("Search in", ["this AOI", "all AOIs"], key="sim_scope", horizontal=True)
     k = c4.slider("Results (top-k)", min_value=1, max_value=50, value=10, key="sim_k")
 
+    state.from_url("chip", search.chip_key(ctx.aoi))  # a reload restores the query (the picker checks the id)
     chip_id = search.chip_picker(store, ctx.aoi)
+    state.to_url(aoi=ctx.aoi, chip=chip_id)
     c5, c6 = st.columns([3, 7])
     colour_task = c5.selectbox("Map colour before a query", list(LABEL_TASKS), key="sim_colour_task",
                                help="Label fraction that colours the chips until a query colours them by similarity.")
@@ -86,3 +88,4 @@ with page_guard("similarity search"):
 
     if result is not None:
         search.show_results(ctx.root, ctx.aoi, result, [m for m in spaces if m != "fused"])
+        labelling.results_review(ctx.root, ctx.aoi, store, result.results)

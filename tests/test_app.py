@@ -134,7 +134,7 @@ def test_similarity_pick_a_chip_shows_results_and_gallery(app_ws):
     assert set(res["kind"]) == {"simulated"}
     assert "Top results" in texts(at.subheader)
     thumbs = [len(img.proto.imgs) for img in at.get("image")]
-    assert thumbs[1:] == [10, 10, 10]  # the colour bar, then one row of 10 thumbnails per modality
+    assert thumbs[1:] == [11, 11, 11]  # the colour bar, then one row per modality: the query and 10 results
     assert {b.proto.label for b in at.get("download_button")} == {"Download GeoJSON", "Download CSV"}
 
     # Cross-modal: query with SAR, search optical -> other scores.

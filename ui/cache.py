@@ -345,3 +345,54 @@ def _probe_dict(r: Any) -> dict[str, Any]:
     """A ProbeResult as plain data (pickled by cache_data)."""
     d = r if isinstance(r, dict) else dict(vars(r))
     return {k: (np.asarray(v) if isinstance(v, (list, tuple)) and k != "metrics" else v) for k, v in d.items()}
+
+
+# ----------------------------------------------------------------------------------------- few-shot mapping
+# A label set is passed as plain tuples (chip_id, label): the cache key is the labels themselves, so a
+# new label refits and a threshold move does not. The fit and the suggestions are core.mapping's.
+def _label_tuples(label_set: Any) -> tuple[tuple[str, str], ...]:
+    return tuple(zip(label_set.labels["chip_id"].tolist(), label_set.labels["label"].tolist()))
+
+
+@st.cache_data(max_entries=64, show_spinner="Training the map…")
+def _label_map(root, aoi, model, representation, estimator, name, kind, classes, labels, stamp):
+    import pandas as pd
+
+    from core.mapping import fit_label_map
+    from data.labelsets import LabelSet
+
+    emb = _embeddings(root, aoi, model, "full", stamp)
+    X, valid = emb.get(representation)
+    label_set = LabelSet(aoi, name, kind, list(classes), pd.DataFrame(list(labels), columns=["chip_id", "label"]))
+    return fit_label_map(X, valid, emb.chip_ids, label_set, estimator=estimator, representation=representation)
+
+
+def label_map(root: str, aoi: str, model: str, representation: str, estimator: str, label_set: Any):
+    """core.mapping.fit_label_map of a label set on one representation (cached by the labels; MappingError passes)."""
+    embeddings(root, aoi, model)
+    return _label_map(root, aoi, model, representation, estimator, label_set.name, label_set.kind,
+                      tuple(label_set.classes), _label_tuples(label_set), embeddings_stamp(root, aoi, model))
+
+
+@st.cache_data(max_entries=64, show_spinner="Picking chips to label next…")
+def _suggestions(root, aoi, model, representation, estimator, name, kind, classes, labels, k, fitted, stamp):
+    from core.mapping import suggest_next
+
+    emb = _embeddings(root, aoi, model, "full", stamp)
+    X, valid = emb.get(representation)
+    lookup = _lookup(root, aoi, model, stamp)
+    labelled = np.zeros(len(X), dtype=bool)
+    labelled[[lookup[c] for c, _ in labels if c in lookup]] = True
+    predictions = None
+    if fitted:
+        predictions = _label_map(root, aoi, model, representation, estimator, name, kind, classes, labels, stamp).predictions
+    return suggest_next(X, valid, labelled, predictions, k, seed=0)
+
+
+def suggestions(root: str, aoi: str, model: str, representation: str, estimator: str, label_set: Any, k: int,
+                fitted: bool) -> np.ndarray:
+    """core.mapping.suggest_next positions (uncertain and diverse with a fitted map, diverse only without one)."""
+    embeddings(root, aoi, model)
+    return _suggestions(root, aoi, model, representation, estimator, label_set.name, label_set.kind,
+                        tuple(label_set.classes), _label_tuples(label_set), int(k), bool(fitted),
+                        embeddings_stamp(root, aoi, model))

@@ -63,6 +63,7 @@ def show_gallery(
 
 def _caption(row: object, caption_column: str) -> str:
     value = getattr(row, caption_column, None)
-    head = f"#{int(getattr(row, 'rank'))}" if hasattr(row, "rank") else ""
+    rank = int(getattr(row, "rank")) if hasattr(row, "rank") else None
+    head = "query" if rank == 0 else (f"#{rank}" if rank is not None else "")
     score = f" · {value:.3f}" if isinstance(value, (int, float, np.floating)) and np.isfinite(value) else ""
     return f"{head}{score}\n{getattr(row, 'chip_id')}".strip()

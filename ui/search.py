@@ -280,7 +280,12 @@ def show_results(root: str, aoi: str, result: SearchResult, modalities: Sequence
         help="Results to push away from: the query moves away from them (Rocchio refinement).",
     )
 
-    show_gallery(table, stores, modalities)
+    # The query itself leads the gallery (rank 0), so results are compared with what was asked for.
+    query = pd.DataFrame({"rank": [0], "aoi": [aoi], "chip_id": [table.attrs.get("query", "")],
+                          "position": [result.query_position], "score": [np.nan]})
+    if aoi not in stores:
+        stores[aoi] = cache.store(root, aoi)
+    show_gallery(pd.concat([query, table], ignore_index=True), stores, modalities)
 
     d1, d2, _ = st.columns([1, 1, 3])
     stem = f"similar-to-{aoi}-{table.attrs.get('query', 'query')}"

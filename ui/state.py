@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Callable, Collection
 
 import streamlit as st
 
@@ -23,6 +24,9 @@ AOI_KEY = "aoi"
 CHECKPOINT_KEY = "checkpoint"
 ENTRY_KEY = "_entered_via_app"
 GOTO_KEY = "_goto_page"
+GOTO_PARAMS_KEY = "_goto_query_params"
+URL_KEY = "_url_written"
+"""Session key of the query parameters this session wrote itself (anything else in the URL came from a reload or a link)."""
 CHECKPOINT_ENV = "EO_CHECKPOINT"
 """Server-side choice of the default checkpoint (a folder name under checkpoints/ of the repo or workspace)."""
 
@@ -75,6 +79,7 @@ def render_sidebar() -> AppContext:
     sb.caption(f"Workspace: `{workspace.root}` (set `EO_WORKSPACE` to use another)")
     aoi = None
     if aois:
+        from_url("aoi", AOI_KEY, allowed=aois)  # a reload or a shared link restores the AOI
         if st.session_state.get(AOI_KEY) not in aois:
             st.session_state[AOI_KEY] = aois[0]
         aoi = sb.selectbox(
@@ -125,8 +130,9 @@ def mark_entrypoint() -> None:
 def follow_deep_link() -> None:
     """After app.py declared the pages: go on to the page a first request asked for (see require_entrypoint)."""
     target = st.session_state.pop(GOTO_KEY, None)
+    params = st.session_state.pop(GOTO_PARAMS_KEY, None)
     if target:
-        st.switch_page(target)
+        st.switch_page(target, query_params=params or None)  # keep the link's view (AOI, label set, chip)
 
 
 def require_entrypoint(page_file: str) -> None:
@@ -139,4 +145,39 @@ def require_entrypoint(page_file: str) -> None:
     """
     if not st.session_state.get(ENTRY_KEY):
         st.session_state[GOTO_KEY] = page_file
+        st.session_state[GOTO_PARAMS_KEY] = st.query_params.to_dict()
         st.switch_page("app.py")
+
+
+def from_url(param: str, session_key: str, *, allowed: Collection[str] | None = None,
+             cast: Callable[[str], Any] = str) -> None:
+    """Copy a URL query parameter into a session key when the URL changed from outside (a reload, a shared link).
+
+    Values this session wrote to the URL itself (`to_url`) are skipped, so a widget the user has just
+    changed keeps its new value; unknown or malformed values are ignored.
+    """
+    raw = st.query_params.get(param)
+    written = st.session_state.setdefault(URL_KEY, {})
+    if raw is None or written.get(param) == raw or (allowed is not None and raw not in allowed):
+        return
+    try:
+        value = cast(raw)
+    except (TypeError, ValueError):
+        return
+    st.session_state[session_key] = value
+    written[param] = raw
+
+
+def to_url(**params: Any) -> None:
+    """Mirror a page's current choices into the URL so that a reload (or a copied link) shows the same view."""
+    written = st.session_state.setdefault(URL_KEY, {})
+    for name, value in params.items():
+        if value is None or value == "":
+            if name in st.query_params:
+                del st.query_params[name]
+            written.pop(name, None)
+            continue
+        text = f"{value:g}" if isinstance(value, float) else str(value)
+        if st.query_params.get(name) != text:  # unchanged values are not rewritten (no extra browser history)
+            st.query_params[name] = text
+        written[name] = text

@@ -1,0 +1,110 @@
+"""Label & map: label a few chips of your scene, train a probe on the embeddings, map the whole AOI, export."""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+import streamlit as st
+
+from core.mapping import MAP_ESTIMATORS, detections
+from ui import cache, labelling, maps, search, state
+from ui.errors import UserError, page_guard
+
+state.require_entrypoint("pages/mapping.py")
+ctx = state.context()
+st.title("Label & map")
+st.caption("Click chips on the map to label them, the map is retrained on every label; take the suggested chips "
+           "next, pick a threshold, export the detections and the labels.")
+
+with page_guard("label & map"):
+    if ctx.aoi is None:
+        raise UserError("This workspace holds no AOI yet.", "Build the simulated AOIs on the Home page.", "info")
+    model = cache.model_name(ctx.checkpoint)
+    store = cache.store(ctx.root, ctx.aoi)
+    geometry = cache.geometry(ctx.root, ctx.aoi)
+    emb = cache.embeddings(ctx.root, ctx.aoi, model)
+    lookup = cache.chip_lookup(ctx.root, ctx.aoi, model)
+    reps = [s for s in search.SPACES if s in emb.vectors and emb.get(s)[1].any()]
+    names = labelling.names(ctx.root, ctx.aoi)
+    labelling.restore_from_url(ctx.aoi, names, reps, MAP_ESTIMATORS, geometry.chip_ids.tolist())
+    labelling.show_message()
+
+    c1, c2 = st.columns([3, 2])
+    set_key = labelling.labelset_key(ctx.aoi)
+    labelling.choose_default(ctx.aoi, names)
+    c1.selectbox("Label set", names, key=set_key, placeholder="create one on the right",
+                 help="Labels of this AOI, saved in the workspace (labelsets/): they survive a restart.")
+    c2.text_input("New label set (present / absent)", key=labelling.NEW_NAME_KEY, placeholder="e.g. flooded_fields")
+    c2.button("Create", key="map_create", on_click=labelling.create, args=(ctx.root, ctx.aoi))
+    label_set = labelling.active(ctx.root, ctx.aoi)
+    if label_set is None:
+        state.to_url(aoi=ctx.aoi)
+        raise UserError("No label set yet for this AOI.", "Type a name and press Create to start labelling.", "info")
+
+    c1, c2, c3, c4 = st.columns([3, 2, 2, 2])
+    brush = c1.radio("Click on the map labels a chip as", labelling.brush_options(label_set), key=labelling.BRUSH_KEY,
+                     horizontal=True)
+    rep = c2.selectbox("Representation", reps, format_func=search.space_name, key=labelling.REP_KEY,
+                       help="Which embedding the probe learns from: fused (all present modalities) or one modality.")
+    estimator = c3.selectbox("Estimator", list(MAP_ESTIMATORS), key=labelling.EST_KEY,
+                             help="logistic: fast and robust with few labels; random forest / kNN: non-linear.")
+    view = c4.radio("Map shows", list(labelling.VIEWS), key=labelling.VIEW_KEY, horizontal=True)
+
+    X, valid = emb.get(rep)
+    result = labelling.fit(ctx.root, ctx.aoi, model, rep, estimator, label_set)
+    counts = label_set.counts()
+    m1, m2, m3 = st.columns(3)
+    m1.metric("Labels", len(label_set), help=", ".join(f"{k}: {v}" for k, v in counts.items()))
+    st.session_state.setdefault(labelling.THRESHOLD_KEY, 0.5)
+    threshold = st.slider("Detection threshold", 0.0, 1.0, step=0.01, key=labelling.THRESHOLD_KEY,
+                          help="Chips whose prediction is at least this are detections.")
+    chip = st.session_state.get(labelling.chip_key(ctx.aoi))
+    state.to_url(aoi=ctx.aoi, labels=label_set.name, rep=rep, est=estimator, thr=float(threshold), chip=chip)
+    st.caption(" · ".join(f"{k}: {v}" for k, v in counts.items()))
+    if result is None:
+        m2.metric("Cross-validated score", "n/a")
+        m3.metric("Detections", "n/a")
+        st.info("Label at least one present and one absent chip to train the map.")
+    else:
+        det = detections(result, threshold)
+        m2.metric(f"CV {result.cv_metric}", f"{result.cv_mean:.2f} ± {result.cv_std:.2f}" if result.cv_folds else "n/a",
+                  help=f"{result.cv_text}, on {result.n_labels} labels")
+        m3.metric("Detections", f"{int(det.sum())} of {int(result.valid.sum())}")
+        st.markdown(f"**{int(det.sum())} chips detected of {int(result.valid.sum())}** at threshold {threshold:.2f} "
+                    f"({result.cv_text}; {result.n_labels} labels).")
+        if result.warning:
+            st.warning(result.warning)
+
+    suggested = cache.suggestions(ctx.root, ctx.aoi, model, rep, estimator, label_set, labelling.SUGGESTIONS,
+                                  result is not None)
+    values, scale, value_name, legend = labelling.map_colours(result, threshold, view, X, valid, label_set, lookup)
+    deck = maps.chip_deck(geometry, values, scale, value_name=value_name,
+                          highlights=labelling.outlines(geometry, lookup, label_set, suggested))
+    key = labelling.map_key(ctx.aoi)
+    st.pydeck_chart(deck, on_select=functools.partial(labelling.on_map_click, ctx.root, ctx.aoi, key),
+                    selection_mode="single-object", key=key, height=540)
+    st.caption(f"{legend} {labelling.legend_classes(label_set)} Click a chip to label it **{brush}**."
+               + (" Simulated AOI." if store.meta.simulated else ""))
+    st.image(scale.colorbar(), width=256)
+    st.caption(labelling.colorbar_numbers(scale))
+    if chip:
+        st.caption(f"Last clicked: {chip} (label: {label_set.label_of(chip) or 'none'}).")
+
+    st.subheader("Label these next")
+    st.caption("Chips the model is least sure about, from different parts of the embedding space (before a model: "
+               "diverse chips). Accept or reject each; the map retrains.")
+    mods = labelling.thumbnail_modalities(store)
+    modality = st.radio("Thumbnails", mods, key="map_thumb_mod", horizontal=True) if len(mods) > 1 else mods[0]
+    ids = geometry.chip_ids[np.asarray(suggested, dtype=np.int64)].tolist()
+    preds = result.predictions[suggested] if result is not None else np.full(len(ids), np.nan)
+    captions = [f"#{i + 1}" + (f" · {p:.2f}" if np.isfinite(p) else "") for i, p in enumerate(preds)]
+    labelling.review_grid(store, ids, list(suggested), captions, modality=modality, root=ctx.root, label_set=label_set,
+                          source="suggestion", key_prefix="map_sug")
+
+    st.subheader("Export")
+    only = st.toggle("Detections only", key="map_dl_detonly", disabled=result is None)
+    labelling.export_buttons(result, store, label_set, threshold, ctx.checkpoint, emb.modalities if rep == "fused" else [rep],
+                             only and result is not None)
+    st.caption("Files carry their provenance (model, representation, labels, estimator, CV score, threshold)"
+               + ("; every row is marked simulated." if store.meta.simulated else "."))

@@ -1,0 +1,260 @@
+"""The "Label & map" page in AppTest: label chips on the map and from suggestions, train, threshold, export, reload.
+
+Each test gets its own copy of a small workspace (1 simulated AOI x 100 chips of 32 px, an untrained tiny
+checkpoint, embeddings and indexes built by core.pipeline), so label sets written by one test never leak
+into another. Map clicks are injected as the pydeck selection the browser would send.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+import torch
+from streamlit.runtime.media_file_manager import MediaFileManager
+from streamlit.testing.v1 import AppTest
+
+from core import pipeline
+from core.checkpoint import save_checkpoint
+from core.model import ModelConfig, MultiModalViT
+from data.labelsets import load_label_set, list_label_sets
+from data.simulate import simulate_store
+from data.workspace import Workspace
+from ui import maps
+
+REPO = Path(__file__).resolve().parents[1]
+APP = str(REPO / "app.py")
+PAGE = "pages/mapping.py"
+AOI = "conus"
+CHECKPOINT_NAME = "test-tiny"
+TIMEOUT = 120
+
+
+@pytest.fixture(scope="module")
+def template_ws(tmp_path_factory) -> Path:
+    """Built once: 1 SIMULATED AOI of 100 chips, an untrained tiny checkpoint, embeddings and indexes."""
+    torch.set_num_threads(1)
+    ws = Workspace(tmp_path_factory.mktemp("mapws"))
+    simulate_store(ws.store_path(AOI), AOI, 10, 10, 1, chip_size=32, progress=False)
+    cfg = ModelConfig(name=CHECKPOINT_NAME, chip_size=32, patch_size=8, width=32, depth=1, heads=2, embed_dim=32)
+    torch.manual_seed(0)
+    ckpt = ws.root / "checkpoints" / CHECKPOINT_NAME
+    save_checkpoint(ckpt, MultiModalViT(cfg), cfg, meta={"simulated_training_data": True, "step": 0})
+    pipeline.build(ws, [AOI], ["store", "embeddings", "index"], checkpoint=ckpt, progress=False)
+    return ws.root
+
+
+@pytest.fixture
+def ws(template_ws, tmp_path, monkeypatch) -> Workspace:
+    """A private copy of the template workspace for one test, with EO_WORKSPACE / EO_CHECKPOINT set."""
+    root = tmp_path / "ws"
+    shutil.copytree(template_ws, root)
+    monkeypatch.setenv("EO_WORKSPACE", str(root))
+    monkeypatch.setenv("EO_CHECKPOINT", CHECKPOINT_NAME)
+    return Workspace(root)
+
+
+@pytest.fixture
+def deferred(monkeypatch) -> dict:
+    """file_id -> the callable a deferred st.download_button registered (what a click on it would run)."""
+    found: dict = {}
+    original = MediaFileManager.add_deferred
+
+    def record(self, data_callable, *args, **kwargs):
+        file_id = original(self, data_callable, *args, **kwargs)
+        found[file_id] = data_callable
+        return file_id
+
+    monkeypatch.setattr(MediaFileManager, "add_deferred", record)
+    return found
+
+
+def assert_clean(at: AppTest) -> None:
+    """No exception element and no error box reached the page."""
+    assert not at.exception, [e.value for e in at.exception]
+    assert not at.error, [e.value for e in at.error]
+
+
+def open_mapping(query_params: dict | None = None) -> AppTest:
+    """Run app.py like a browser would (optionally with URL query parameters), then the mapping page."""
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT)
+    if query_params:
+        at.query_params.update(query_params)
+    at.run()
+    at.switch_page(PAGE).run()
+    assert_clean(at)
+    return at
+
+
+def click_chip(at: AppTest, chip_id: str) -> AppTest:
+    """Send the selection a click on a chip of the pydeck map sends (streamlit's PydeckSelectionSerde JSON)."""
+    decks = at.get("deck_gl_json_chart")
+    assert len(decks) == 1, "the page should draw exactly one map"
+    states = at._tree.get_widget_states()
+    w = states.widgets.add()
+    w.id = decks[0].proto.id
+    w.string_value = json.dumps({"selection": {"indices": {maps.CHIP_LAYER: [0]},
+                                               "objects": {maps.CHIP_LAYER: [{"id": chip_id}]}}})
+    at._run(states)
+    assert_clean(at)
+    return at
+
+
+def metric(at: AppTest, label: str) -> str:
+    return next(str(m.value) for m in at.metric if m.label == label or m.label.startswith(label))
+
+
+def deck_layers(at: AppTest) -> dict:
+    spec = json.loads(at.get("deck_gl_json_chart")[0].proto.json)
+    return {layer["id"]: layer for layer in spec["layers"]}
+
+
+def create_set(at: AppTest, name: str = "flood") -> AppTest:
+    at.text_input(key="map_new_name").input(name)
+    at.button(key="map_create").click().run()
+    assert_clean(at)
+    return at
+
+
+def test_label_on_the_map_and_from_suggestions_train_threshold_export(ws, deferred):
+    store = ws.open_store(AOI)
+    ids = store.index["chip_id"].astype(str).tolist()
+    at = open_mapping()
+    assert any("No label set yet" in str(i.value) for i in at.info)
+
+    create_set(at, "flood")
+    assert any("Simulated AOI." in str(c.value) for c in at.caption)  # simulated data is said so beside the map
+    assert list_label_sets(ws, AOI) == ["flood"]
+    assert at.selectbox(key=f"map_labelset::{AOI}").value == "flood"
+    # Before any label the map is coloured by the embeddings' main axis, not grey.
+    chips = deck_layers(at)[maps.CHIP_LAYER]["data"]
+    assert len({tuple(c["c"]) for c in chips}) > 10 and all(c["v"] != "n/a" for c in chips)
+
+    # Click chips with the "present" brush, then the "absent" brush.
+    assert at.radio(key="map_brush").value == "present"
+    for chip in ids[:2]:
+        click_chip(at, chip)
+    assert metric(at, "Detections") == "n/a"
+    assert any("one present and one absent" in str(i.value) for i in at.info)
+    at.radio(key="map_brush").set_value("absent").run()
+    for chip in ids[50:52]:
+        click_chip(at, chip)
+    saved = load_label_set(ws, AOI, "flood")
+    assert saved.counts() == {"absent": 2, "present": 2} and set(saved.labels["source"]) == {"map"}
+    outlined = {r["id"]: r["v"] for r in deck_layers(at)[maps.HIGHLIGHT_LAYER]["data"]}
+    assert outlined[ids[0]] == "present" and outlined[ids[50]] == "absent"
+
+    # Trained: a detection count and the few-labels warning.
+    count = metric(at, "Detections")
+    assert count.endswith("of 100") and any("not reliable" in str(w.value) for w in at.warning)
+    assert any("chips detected of 100" in str(m.value) for m in at.markdown)
+
+    # Accept one suggestion as present and reject one as absent.
+    sug = [b.key for b in at.button if b.key and b.key.startswith("map_sug_present_")]
+    assert len(sug) == 12
+    first, second = sug[0].removeprefix("map_sug_present_"), sug[1].removeprefix("map_sug_present_")
+    assert first not in saved.chip_ids
+    at.button(key=f"map_sug_present_{first}").click().run()
+    assert_clean(at)
+    at.button(key=f"map_sug_absent_{second}").click().run()
+    assert_clean(at)
+    saved = load_label_set(ws, AOI, "flood")
+    assert saved.label_of(first) == "present" and saved.label_of(second) == "absent"
+    assert set(saved.labels.loc[saved.labels["chip_id"].isin([first, second]), "source"]) == {"suggestion"}
+    assert len(saved) == 6
+
+    # The threshold turns predictions into detections: the count follows it.
+    at.slider(key="map_threshold").set_value(0.05).run()
+    low = int(metric(at, "Detections").split()[0])
+    at.slider(key="map_threshold").set_value(0.95).run()
+    high = int(metric(at, "Detections").split()[0])
+    assert low > high
+    at.radio(key="map_view").set_value("detections").run()
+    assert_clean(at)
+    values = [c["v"] for c in deck_layers(at)[maps.CHIP_LAYER]["data"]]
+    assert values.count("1.00") == high
+
+    # Exports carry provenance: the map (GeoJSON, GeoParquet, CSV) and the labels.
+    buttons = {b.proto.label: b.proto.deferred_file_id for b in at.get("download_button")}
+    assert {"Map (geojson)", "Map (geoparquet)", "Map (csv)", "Labels (geojson)"} <= set(buttons)
+    doc = json.loads(deferred[buttons["Map (geojson)"]]())
+    prov = doc["provenance"]
+    assert prov["label_set"]["name"] == "flood" and prov["threshold"] == pytest.approx(0.95)
+    assert prov["n_detections"] == high and prov["simulated"] is True and prov["representation"] == "fused"
+    assert len(doc["features"]) == 100 and all(f["properties"]["simulated"] for f in doc["features"])
+    table = pq.read_table(io.BytesIO(deferred[buttons["Map (geoparquet)"]]()))
+    assert json.loads(table.schema.metadata[b"provenance"])["estimator"] == "logistic"
+    csv = deferred[buttons["Map (csv)"]]().decode()
+    assert csv.startswith("# provenance: ") and len(pd.read_csv(io.StringIO(csv), comment="#")) == 100
+    labels_doc = json.loads(deferred[buttons["Labels (geojson)"]]())
+    assert len(labels_doc["features"]) == 6 and labels_doc["provenance"]["label_set"]["name"] == "flood"
+
+    # Detections only: the map export holds just the detected chips.
+    at.toggle(key="map_dl_detonly").set_value(True).run()
+    buttons = {b.proto.label: b.proto.deferred_file_id for b in at.get("download_button")}
+    assert len(json.loads(deferred[buttons["Detections (geojson)"]]())["features"]) == high
+
+
+def test_reload_with_the_url_restores_the_view(ws):
+    at = open_mapping()
+    create_set(at, "first")
+    create_set(at, "second")
+    at.selectbox(key=f"map_labelset::{AOI}").set_value("first").run()
+    chip = ws.open_store(AOI).index["chip_id"].iloc[7]
+    click_chip(at, chip)
+    at.selectbox(key="map_rep").set_value("s2rgb").run()
+    at.selectbox(key="map_est").set_value("knn").run()
+    at.slider(key="map_threshold").set_value(0.3).run()
+    assert_clean(at)
+    params = dict(at.query_params)
+    flat = {k: (v[0] if isinstance(v, list) else v) for k, v in params.items()}
+    assert flat == {"aoi": AOI, "labels": "first", "rep": "s2rgb", "est": "knn", "thr": "0.3", "chip": chip}
+
+    # A new session (a reload of that URL) shows the same view.
+    again = open_mapping(flat)
+    assert again.selectbox(key=f"map_labelset::{AOI}").value == "first"
+    assert again.selectbox(key="map_rep").value == "s2rgb"
+    assert again.selectbox(key="map_est").value == "knn"
+    assert again.slider(key="map_threshold").value == pytest.approx(0.3)
+    assert any(f"Last clicked: {chip}" in str(c.value) for c in again.caption)
+    assert load_label_set(ws, AOI, "first").label_of(chip) == "present"
+
+
+def test_similarity_results_label_into_the_active_set_and_the_query_is_in_the_url(ws):
+    at = open_mapping()
+    create_set(at, "roads")
+    at.switch_page("pages/similarity.py").run()
+    assert_clean(at)
+    picker = at.selectbox(key=f"sim_chip::{AOI}")
+    query = picker.options[12]
+    picker.set_value(query).run()
+    assert_clean(at)
+    flat = {k: (v[0] if isinstance(v, list) else v) for k, v in dict(at.query_params).items()}
+    assert flat["aoi"] == AOI and flat["chip"] == query
+    # The gallery starts with the query chip itself.
+    gallery = [img for img in at.get("image") if len(img.proto.imgs) == 11]
+    assert gallery and gallery[0].proto.imgs[0].caption.startswith("query")
+    # Accept a result into the label set that is active on the mapping page.
+    assert at.selectbox(key=f"sim_labelset::{AOI}").value == "roads"
+    accept = [b.key for b in at.button if b.key and b.key.startswith("sim_lab_present_")]
+    assert len(accept) == 10
+    at.button(key=accept[0]).click().run()
+    assert_clean(at)
+    saved = load_label_set(ws, AOI, "roads")
+    assert saved.label_of(accept[0].removeprefix("sim_lab_present_")) == "present"
+    assert saved.labels["source"].tolist() == ["gallery"]
+
+    # A reload of the similarity URL restores the AOI and the query.
+    reload = AppTest.from_file(APP, default_timeout=TIMEOUT)
+    reload.query_params.update(flat)
+    reload.run()
+    reload.switch_page("pages/similarity.py").run()
+    assert_clean(reload)
+    assert reload.selectbox(key=f"sim_chip::{AOI}").value == query
+    assert any(d.value is not None and "score" in d.value.columns for d in reload.dataframe)
