@@ -14,6 +14,9 @@ from torch import Tensor, nn
 from core.modalities import MODALITY_KEYS, get_modality
 
 
+POOLING = ("cls", "mean")
+
+
 def _default_channels() -> dict[str, list[str]]:
     return {key: list(get_modality(key).channels) for key in MODALITY_KEYS}
 
@@ -31,6 +34,7 @@ class ModelConfig:
     heads: int = 4
     mlp_ratio: float = 4.0
     embed_dim: int = 128
+    pool: str = "cls"  # "cls": the class token; "mean": the mean of the patch tokens (fractions add up over patches)
     modality_dropout: float = 0.15
     channel_dropout: float = 0.2
 
@@ -51,6 +55,8 @@ class ModelConfig:
         for name in ("width", "depth", "heads", "embed_dim", "patch_size", "chip_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.pool not in POOLING:
+            raise ValueError(f"pool must be one of {POOLING}, got {self.pool!r}")
         for name in ("modality_dropout", "channel_dropout"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
@@ -123,13 +129,15 @@ class ModalityTower(nn.Module):
         self.blocks = nn.TransformerEncoder(layer, cfg.depth, enable_nested_tensor=False)
         self.norm = nn.LayerNorm(cfg.width)
         self.proj = nn.Linear(cfg.width, cfg.embed_dim, bias=False)
+        self.pool = cfg.pool
 
     def forward(self, x: Tensor, mask: Tensor) -> Tensor:
         """x [B,C,H,W], mask [B,C] -> unnormalised embedding [B, embed_dim]."""
         tokens = self.patch(x, mask)
         tokens = torch.cat([self.cls_token.expand(tokens.shape[0], -1, -1), tokens], dim=1) + self.pos_embed
         tokens = self.norm(self.blocks(tokens))
-        return self.proj(tokens[:, 0])
+        pooled = tokens[:, 1:].mean(1) if self.pool == "mean" else tokens[:, 0]
+        return self.proj(pooled)
 
 
 class MultiModalViT(nn.Module):

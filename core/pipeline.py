@@ -43,7 +43,7 @@ from core.embed import (
 from core.index import ChipIndex
 from core.project import project_aoi, projection_state
 from data.landcover import DEFAULT_AOIS
-from data.simulate import DEFAULT_CHIPS_PER_AOI, build_default_stores
+from data.simulate import DEFAULT_CHIPS_PER_AOI, SIMULATOR_VERSION, build_default_stores
 from data.store import StoreError
 from data.workspace import Workspace
 
@@ -128,6 +128,9 @@ def _store_state(ws: Workspace, aoi: str) -> tuple[str, str, int | None]:
     except StoreError as e:
         return "missing", str(e), None
     kind = "simulated" if store.meta.simulated else "real"
+    version = store.meta.extra.get("request", {}).get("version")
+    if store.meta.simulated and aoi in DEFAULT_AOIS and version is not None and version != SIMULATOR_VERSION:
+        return "stale", f"simulated with simulator version {version}, now {SIMULATOR_VERSION}: build regenerates it", len(store)
     return "built", f"{len(store)} chips, {kind}: {store.meta.title}; modalities {store.modalities}", len(store)
 
 

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
+from scipy.ndimage import gaussian_filter
 
 from core.modalities import get_modality
 from data.landcover import (
@@ -35,6 +36,7 @@ from data.landcover import (
     LandCover,
     aoi_code,
     fractal_field,
+    lattice_lookup,
     layer_key,
     share_threshold,
     swath_position,
@@ -45,7 +47,7 @@ ORBIT_TOKENS = {"asc": "asc", "des": "des", "desc": "des"}
 DEFAULT_BASELINE_DAYS = 12.0  # Sentinel-1 repeat interval with one satellite after 2021
 SPECKLE_ENL = 4.5
 COHERENCE_LOOKS = 30  # pixels in the coherence estimation window
-NESZ_DB = -24.0  # thermal noise floor of Sentinel-1 IW
+NESZ_DB = -27.0  # thermal noise floor of Sentinel-1 IW (VH of calm water sits on it: -25 dB in Sen1Floods11)
 REFERENCE_INCIDENCE_DEG = 38.0
 
 _BASES = {"s2rgb": ("B4", "B3", "B2"), "s1amp": ("VV", "VH"), "coh": ("VV", "VH")}
@@ -124,11 +126,11 @@ _HAZE_SPECTRUM = np.array([0.5, 0.7, 1.0], dtype=np.float32)  # path reflectance
 # sigma0 VV, VH in dB at the reference incidence. Forest: volume scattering (high VH); built-up:
 # double bounce (bright VV); calm water: specular (dark).
 _SIGMA_DB = {
-    WATER: ((-22.0, -29.0), (-22.0, -29.0)),
+    WATER: ((-19.0, -29.0), (-19.0, -29.0)),
     FOREST: ((-8.0, -14.0), (-6.5, -12.0)),
     GRASSLAND: ((-13.0, -21.0), (-10.5, -17.0)),
     CROPLAND: ((-12.0, -21.0), (-9.0, -15.0)),
-    BUILTUP: ((-3.0, -11.0), (-3.0, -11.0)),
+    BUILTUP: ((-8.0, -15.0), (-8.0, -15.0)),  # ordinary lots; bright lots add BRIGHT_LOT_GAIN_DB
     BARE: (None, None),  # the AOI's bare soil
 }
 _SIGMA_ROAD_DB = (-16.0, -24.0)
@@ -141,10 +143,29 @@ _COH = {
     FOREST: ((0.45, 0.15, 10.0), (0.30, 0.08, 5.0)),
     GRASSLAND: ((0.65, 0.25, 25.0), (0.45, 0.12, 10.0)),
     CROPLAND: ((0.75, 0.35, 30.0), (0.40, 0.10, 8.0)),
-    BUILTUP: ((0.92, 0.78, 400.0), (0.92, 0.78, 400.0)),
-    BARE: ((0.85, 0.55, 80.0), (0.85, 0.55, 80.0)),
+    # Built-up and bare: fitted on the real PyRate crop (Mexico City), top quartile and all pixels.
+    BUILTUP: ((0.80, 0.62, 85.0), (0.80, 0.62, 85.0)),
+    BARE: ((0.72, 0.50, 70.0), (0.72, 0.50, 70.0)),
 }
 _COH_ROAD = (0.80, 0.60, 150.0)
+
+# Built-up surfaces are a patchwork of roofs, paving and gardens, one material per lot (~140 m): their
+# optical spectra overlap bare soil, roads and vegetation (Sentinel-2 urban/bare confusion).
+LOT_M = 140.0
+_ROOF_RGB = np.array([
+    (0.24, 0.23, 0.21),  # concrete, light roofs
+    (0.20, 0.11, 0.07),  # red clay tiles
+    (0.07, 0.07, 0.075),  # dark roofs, asphalt
+    (0.16, 0.17, 0.18),  # metal sheet
+    (0.13, 0.11, 0.09),  # bare lots, building sites (soil-like)
+], dtype=np.float32)
+_ROOF_SHARES = np.array([0.3, 0.2, 0.2, 0.15, 0.15])
+# SAR double bounce needs walls facing the sensor: only a share of lots is bright, the rest scatter
+# like rough ground or trees (urban backscatter is heavy-tailed, not uniformly bright).
+BRIGHT_LOT_SHARE = 0.35
+BRIGHT_LOT_GAIN_DB = 9.0
+# Pixels are 70 m: the sensors' ground footprints mix neighbouring covers at class edges.
+MIXING_SIGMA_PX = 0.6
 
 
 def _lut(table: dict, which: int, default: tuple) -> np.ndarray:
@@ -202,6 +223,24 @@ class BlockView:
             self._fields[layer] = g.to_chips(raw)
         return self._fields[layer]
 
+    def lots(self, layer: str) -> np.ndarray:
+        """A uniform [0, 1) value per lot (`LOT_M` squares of global position), in chip layout (cached)."""
+        name = f"lot-{layer}"
+        if name not in self._fields:
+            g = self.grid
+            h, w = g.shape
+            cell = LOT_M / PIXEL_SIZE_M
+            iy = np.floor((np.arange(g.y0, g.y0 + h) + 0.5) / cell).astype(np.int64)
+            ix = np.floor((np.arange(g.x0, g.x0 + w) + 0.5) / cell).astype(np.int64)
+            iy2, ix2 = np.broadcast_arrays(iy[:, None], ix[None, :])
+            raw = lattice_lookup(layer_key(self.lc.seed, self.profile.name, name), iy2, ix2)
+            self._fields[name] = g.to_chips(raw.reshape(h, w))
+        return self._fields[name]
+
+    def roof_material(self) -> np.ndarray:
+        """Index into `_ROOF_RGB` per pixel: one material per lot."""
+        return np.searchsorted(np.cumsum(_ROOF_SHARES), self.lots("roof"), side="right").clip(0, len(_ROOF_SHARES) - 1)
+
     def log_cos_ratio(self, orbit: str | None) -> np.ndarray:
         """log(cos(theta) / cos(theta_ref)) per pixel `[n, s, s]`, theta from the position in the swath."""
         g = self.grid
@@ -209,6 +248,11 @@ class BlockView:
         theta = np.deg2rad(30.0 + 16.0 * swath_position(x, orbit))
         ratio = np.log(np.cos(theta) / np.cos(np.deg2rad(REFERENCE_INCIDENCE_DEG))).astype(np.float32)
         return g.to_chips(np.broadcast_to(ratio[None, :], g.shape))
+
+
+def footprint_mix(x: np.ndarray) -> np.ndarray:
+    """Mix each pixel with its neighbours as a sensor footprint does (`[n, s, s]`, linear units)."""
+    return gaussian_filter(x, sigma=(0.0, MIXING_SIGMA_PX, MIXING_SIGMA_PX), mode="nearest")
 
 
 def _mix(a_lut: np.ndarray, b_lut: np.ndarray, classes: np.ndarray, g: np.ndarray, k: int) -> np.ndarray:
@@ -231,7 +275,11 @@ def render_s2rgb(view: BlockView, specs: Sequence[ChannelSpec]) -> np.ndarray:
         # Wet soil is darker; only the soil that shows through the canopy is affected.
         wet = np.where(soil_like, 1.0 - 0.3 * view.moisture * (1.0 - g), 1.0).astype(np.float32)
         grain = 1.0 + 0.12 * view.texture * np.where(cls == BARE, 1.5, 1.0).astype(np.float32)
-        urban = 0.85 + 0.3 * view.density
+        # Gardens and street trees: greener where built-up is sparse, following the season's vigour.
+        garden = (0.6 * (1.0 - view.density) * view.lots("garden") * p.vigour_by_season[p.season_index(season)])
+        roof = view.roof_material()
+        # Illumination, view geometry and compositing differ between acquisitions: a smooth gain.
+        gain = 0.85 + 0.3 * view.field(f"illum-{season}", 25000.0, 2)
         # Mostly clear air with occasional hazy stretches: square the smooth field.
         haze = np.square(view.field(f"haze-{season}", 50000.0, 2)) * np.float32(p.haze)
         cloud_raw = view.field(f"cloud-{season}", 15000.0, 4)
@@ -245,7 +293,9 @@ def render_s2rgb(view: BlockView, specs: Sequence[ChannelSpec]) -> np.ndarray:
                 continue
             k = band_index[spec.base]
             refl = _mix(lut_a, lut_b, cls, g, k) * wet * grain
-            refl = np.where(cls == BUILTUP, np.where(view.road, _REFL_ROAD[k], refl * urban), refl)
+            urban = _ROOF_RGB[:, k][roof] * (1.0 - garden) + _REFL_GREEN_VEG[k] * garden
+            refl = np.where(cls == BUILTUP, np.where(view.road, _REFL_ROAD[k], urban * grain), refl)
+            refl = footprint_mix(refl * gain)
             refl = refl + haze * _HAZE_SPECTRUM[k] + veil
             refl[cloudy] = np.nan
             out[:, j] = np.maximum(refl, 0.0)
@@ -280,20 +330,25 @@ def render_s1amp(view: BlockView, specs: Sequence[ChannelSpec]) -> np.ndarray:
         gain_db = 1.0 * view.texture  # within-class variation, +-1 dB
         # Soil moisture raises the dielectric constant: brighter, less so under a canopy.
         gain_db += np.where(soil_like, 4.0 * (view.moisture - 0.5) * (1.0 - 0.5 * g), 0.0).astype(np.float32)
-        # Denser built-up: more double bounce.
-        gain_db += np.where(built & ~view.road, 8.0 * view.density - 4.0, 0.0).astype(np.float32)
+        # Double bounce on the lots whose walls face the sensor, more of it where built-up is dense.
+        bright = view.lots(f"orient-{spec.orbit}") < BRIGHT_LOT_SHARE
+        gain_db += np.where(built & ~view.road, 3.0 * view.density - 1.5 + BRIGHT_LOT_GAIN_DB * bright, 0.0).astype(np.float32)
+        # Rain or dew before an acquisition wets soil and canopies alike: a smooth offset of +-1.5 dB.
+        wet_event = view.field(f"wet-{spec.season or p.season}-{spec.orbit}", 30000.0, 2)
+        gain_db += np.where(water, 0.0, 3.0 * (wet_event - 0.5)).astype(np.float32)
         # Wind roughens water (brighter), smoothly across the AOI.
         wind = view.field(f"wind-{spec.season or p.season}", 20000.0, 2)
         gain_db += np.where(water, 8.0 * wind - 4.0, 0.0).astype(np.float32)
         # Incidence trend: sigma0 ~ (cos(theta) / cos(theta_ref)) ** n, theta from the swath position.
         log_gain = gain_db * db_to_ln + exponent * view.log_cos_ratio(spec.orbit)
-        sigma = sigma * np.exp(log_gain)
+        sigma = footprint_mix(sigma * np.exp(log_gain))
         out[:, j] = 10.0 * np.log10((sigma + nesz) * speckle[:, j] / np.float32(SPECKLE_ENL))
     return out
 
 
 def render_coh(view: BlockView, specs: Sequence[ChannelSpec]) -> np.ndarray:
     """InSAR coherence `[n, C, s, s]` in [0, 1] per temporal baseline, with estimator noise and bias."""
+    p = view.profile
     lut_a = _lut(_COH, 0, _COH[BARE][0])
     lut_b = _lut(_COH, 1, _COH[BARE][1])
     cls = view.classes
@@ -311,7 +366,11 @@ def render_coh(view: BlockView, specs: Sequence[ChannelSpec]) -> np.ndarray:
         gamma = gamma_a[cls] + (gamma_b - gamma_a)[cls] * g
         gamma[built] *= 0.9 + 0.1 * view.density[built]
         gamma[built & view.road] = coherence_at(*_COH_ROAD, days)
-        gamma = np.clip(gamma * (1.0 + 0.05 * view.texture), 0.0, 0.99)
+        # Rain, wind or snow between the two acquisitions decorrelate natural surfaces over wide areas;
+        # buildings keep their phase.
+        event = view.field(f"decor-{spec.season or p.season}-{days:g}", 25000.0, 2)
+        gamma = gamma * np.where(built, 1.0, 0.7 + 0.3 * event).astype(np.float32)
+        gamma = np.clip(footprint_mix(gamma * (1.0 + 0.05 * view.texture)), 0.0, 0.99)
         # Sample coherence of N looks: |gamma + complex Gaussian error|, biased up at low coherence.
         sigma = np.sqrt((1.0 - gamma * gamma) / np.float32(2.0 * COHERENCE_LOOKS))
         re_ = gamma + sigma * noise[:, j, 0]

@@ -50,7 +50,7 @@ from data.sensors import RENDERERS, BlockView, parse_channels
 from data.store import ChipStore, ChipStoreWriter, StoreError, StoreMeta
 from data.workspace import Workspace
 
-SIMULATOR_VERSION = 1
+SIMULATOR_VERSION = 2  # 2: lot-level urban materials and SAR double bounce, footprint mixing, acquisition effects
 DEFAULT_MISSING_RATES: dict[str, float] = {"s2rgb": 0.05, "s1amp": 0.02, "coh": 0.08}
 DEFAULT_CHIPS_PER_AOI = 2025
 MAX_SEED_SHIFT_M = 250_000.0  # seeds other than 0 move the AOI so pretraining chips are not the demo's
@@ -289,21 +289,27 @@ def simulate_store(
 
 
 def _store_status(path: Path, request: dict) -> str:
-    """'absent', 'ok' (matches the request), 'different' (built otherwise) or 'broken'."""
+    """'absent', 'ok' (matches the request), 'outdated' (same request, older simulator), 'different' or 'broken'."""
     if not path.exists():
         return "absent"
     try:
         store = ChipStore.open(path)
     except StoreError:
         return "broken"
-    return "ok" if store.meta.extra.get("request") == request else "different"
+    built = store.meta.extra.get("request")
+    if built == request:
+        return "ok"
+    # A simulated store of the same request made by an older simulator is regenerated, never kept stale.
+    if store.meta.simulated and isinstance(built, dict) and {**built, "version": request["version"]} == request:
+        return "outdated"
+    return "different"
 
 
 def _build_one(kwargs: dict) -> tuple[str, str]:
     """Worker: build one AOI store (a top-level function so process pools can pickle it)."""
     status = kwargs.pop("status")
     simulate_store(**kwargs)
-    return kwargs["aoi"], "rebuilt" if status in ("broken", "different") else "built"
+    return kwargs["aoi"], "rebuilt" if status in ("broken", "different", "outdated") else "built"
 
 
 def build_default_stores(

@@ -104,3 +104,14 @@ def test_simulated_store_step_and_errors(tmp_path, capsys):
     assert main(["status", "--workspace", str(ws.root), "--aoi", "middle_east", "--checkpoint", str(tmp_path / "nope")]) == 0
     out = capsys.readouterr().out
     assert "middle_east" in out and "missing" in out
+
+
+def test_store_of_an_older_simulator_is_stale(ws_ckpt):
+    ws, ckpt = ws_ckpt
+    meta_path = ws.store_path("conus") / "store.json"
+    meta = json.loads(meta_path.read_text())
+    assert status(ws, aois=["conus"], checkpoint=ckpt, steps=["store"])["state"].tolist() == ["built"]
+    meta["meta"]["extra"]["request"]["version"] -= 1
+    meta_path.write_text(json.dumps(meta))
+    row = status(ws, aois=["conus"], checkpoint=ckpt, steps=["store"]).iloc[0]
+    assert row["state"] == "stale" and "simulator version" in row["detail"]

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from data.dataset import ChipDataset
-from data.simulate import grid_shape, simulate_store
+from data.simulate import SIMULATOR_VERSION, grid_shape, simulate_store
 from data.store import ChipStore, StoreError
 from training.config import DataConfig
 
@@ -24,7 +24,8 @@ def simulated_stores(cfg: DataConfig, chip_size: int, channels: dict[str, list[s
             path = Path(cfg.cache_dir) / f"c{chip_size}-n{chips_per_aoi}-s{seed}" / aoi
             try:
                 store = ChipStore.open(path)
-                if store.meta.channels != channels or len(store) != rows * cols:
+                version = store.meta.extra.get("request", {}).get("version")
+                if store.meta.channels != channels or len(store) != rows * cols or version != SIMULATOR_VERSION:
                     raise StoreError("stale")
             except StoreError:
                 store = simulate_store(path, aoi, rows, cols, seed, chip_size=chip_size, channels=channels,
