@@ -1,0 +1,156 @@
+"""Label & map in a real browser, on a REAL scene with no label raster: click chips, train, see the detections.
+
+A Sen1Floods11 chip (S1 + S2, real, no coherence; the page ignores its hand labels) is ingested, embedded with the
+shipped checkpoint and served by `streamlit run app.py`; Debian's chromium (Playwright, SwiftShader WebGL)
+creates a label set, clicks chips on the deck.gl canvas with the "present" and "absent" brushes, and waits
+for the trained map's detection count. Screenshots: tests/artifacts/mapping-*.png (git-ignored).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from playwright.sync_api import Page
+from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+from core.checkpoint import SHIPPED_CHECKPOINT, read_config
+from core.pipeline import build
+from data.labelsets import list_label_sets, load_label_set
+from data.readers import ingest_sen1floods11
+from data.workspace import Workspace
+from tests.test_browser import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, REPO, _free_port, _wait_healthy
+from tests.test_real_flow import FLOODS
+
+AOI = "flood_real"
+SET = "flooded"
+
+
+@pytest.fixture(scope="module")
+def real_ws(tmp_path_factory) -> Workspace:
+    """Only the real Sen1Floods11 scene: the page never reads its hand water labels (an analyst's scene, no label raster)."""
+    ws = Workspace(tmp_path_factory.mktemp("realmapws"))
+    chip = read_config(SHIPPED_CHECKPOINT).chip_size
+    ingest_sen1floods11(FLOODS, AOI, ws.store_path(AOI), chip_size=chip, progress=False)
+    build(ws, aois=[AOI], steps=["store", "embeddings", "index"], progress=False)
+    store = ws.open_store(AOI)
+    assert not store.meta.simulated and 16 <= len(store) < 900  # few enough polygons for SwiftShader picking
+    return ws
+
+
+@pytest.fixture(scope="module")
+def server(real_ws: Workspace):
+    """streamlit run app.py on a free port, on the real workspace and the shipped checkpoint."""
+    ARTIFACTS.mkdir(exist_ok=True)
+    port = _free_port()
+    log = ARTIFACTS / "streamlit-mapping-server.log"
+    env = {**os.environ, "EO_WORKSPACE": str(real_ws.root), "EO_CHECKPOINT": SHIPPED_CHECKPOINT.name,
+           "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    with log.open("w") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port), "--server.headless", "true",
+             "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false"],
+            cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT,
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait_healthy(url, proc, log)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Headless Debian chromium; a missing chromium fails, it does not skip."""
+    if not CHROMIUM.exists():
+        pytest.fail(f"{CHROMIUM} not found: install Debian's chromium (`apt-get install -y chromium`); "
+                    "never `playwright install`.", pytrace=False)
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
+        try:
+            yield b
+        finally:
+            b.close()
+
+
+def _counts(ws: Workspace) -> dict[str, int]:
+    return load_label_set(ws, AOI, SET).counts() if SET in list_label_sets(ws, AOI) else {}
+
+
+def _click_until_labelled(page: Page, ws: Workspace, cls: str, dx: float, dy: float) -> None:
+    """Click the map at an offset from its centre until the label set on disk gains a `cls` label (max 4 tries)."""
+    before = _counts(ws).get(cls, 0)
+    for attempt in range(4):
+        canvas = page.locator("[data-testid='stDeckGlJsonChart'] canvas").first
+        canvas.wait_for(state="visible", timeout=60_000)
+        page.wait_for_timeout(1_000)  # let deck.gl draw after the remount
+        box = canvas.bounding_box()
+        assert box and box["width"] > 200 and box["height"] > 200, f"map canvas too small: {box}"
+        x, y = box["x"] + box["width"] / 2 + dx, box["y"] + box["height"] / 2 + dy
+        # Hover first: deck.gl's first pick under SwiftShader is slow enough to drop a bare click.
+        page.mouse.move(x, y)
+        page.wait_for_timeout(700)
+        page.mouse.click(x, y)
+        deadline = time.monotonic() + 8
+        while time.monotonic() < deadline:
+            if _counts(ws).get(cls, 0) > before:
+                return
+            page.wait_for_timeout(300)
+        page.screenshot(path=str(ARTIFACTS / f"mapping-click-{cls}-{attempt}-not-registered.png"))
+    raise AssertionError(f"clicking the map never labelled a chip {cls!r}")
+
+
+def test_label_a_real_scene_on_the_map_and_train(server: str, browser, real_ws: Workspace) -> None:
+    page = browser.new_page(viewport={"width": 1400, "height": 1200})
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.goto(server + "/", wait_until="domcontentloaded")
+    page.get_by_text("Pipeline").first.wait_for(timeout=90_000)
+    page.goto(server + "/mapping", wait_until="domcontentloaded")
+    page.get_by_text("No label set yet").first.wait_for(timeout=90_000)
+
+    # Create a label set (saved in the workspace).
+    page.get_by_label("New label set (present / absent)").fill(SET)
+    page.get_by_role("button", name="Create").click()
+    page.get_by_text("Label at least one present and one absent chip").first.wait_for(timeout=60_000)
+    assert list_label_sets(real_ws, AOI) == [SET]
+    assert not page.get_by_text("Simulated AOI").count(), "a real scene must not be called simulated"
+    page.locator("[data-testid='stDeckGlJsonChart'] canvas").first.wait_for(state="visible", timeout=60_000)
+    page.wait_for_timeout(2_000)
+    page.screenshot(path=str(ARTIFACTS / "mapping-before-labels.png"), full_page=True)
+
+    # The "present" brush is on: click two chips; then the "absent" brush and two chips far from them.
+    _click_until_labelled(page, real_ws, "present", -140, -140)
+    _click_until_labelled(page, real_ws, "present", -80, -140)
+    page.locator("[data-testid='stRadio']").first.get_by_text("absent", exact=True).click()
+    page.wait_for_timeout(1_000)
+    _click_until_labelled(page, real_ws, "absent", 140, 140)
+    _click_until_labelled(page, real_ws, "absent", 80, 140)
+    assert _counts(real_ws) == {"absent": 2, "present": 2}
+
+    # Trained on every label change: the detection count is shown, the map is recoloured by prediction.
+    try:
+        page.get_by_text("chips detected of").first.wait_for(timeout=60_000)
+    except PlaywrightTimeout:
+        page.screenshot(path=str(ARTIFACTS / "mapping-no-count.png"), full_page=True)
+        raise
+    page.wait_for_timeout(2_000)
+    page.screenshot(path=str(ARTIFACTS / "mapping-trained.png"), full_page=True)
+    page.get_by_text("Label these next").first.scroll_into_view_if_needed()
+    page.wait_for_timeout(1_000)
+    page.screenshot(path=str(ARTIFACTS / "mapping-suggestions.png"))
+    assert page.get_by_role("button", name="✓ present").count() >= 6, "no accept buttons under the suggestions"
+    assert "mapping" in page.url and f"labels={SET}" in page.url, page.url  # the view is in the URL
+    assert not page.get_by_text("Traceback").count(), "a traceback reached the page"
+    assert not errors, f"JavaScript errors: {errors}"
