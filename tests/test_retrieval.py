@@ -69,3 +69,27 @@ def test_training_seed_is_refused(tiny_ckpt, capsys):
         run_retrieval(tiny_ckpt, seed=2, chips=8)
     assert main(["--checkpoint", str(tiny_ckpt), "--seed", "1", "--chips", "8"]) == 2
     assert "training seeds" in capsys.readouterr().err
+
+
+def test_heldout_chips_are_pretrainings_heldout_chips(tiny_ckpt, tmp_path):
+    """The held-out set equals what training.pretrain builds (same stores, same pick, same model inputs)."""
+    from core.embed import load_model
+    from core.retrieval import embed_heldout, heldout_stores
+    from training.config import DataConfig
+    from training.data import ChipSource, simulated_stores
+
+    model = load_model(tiny_ckpt)
+    cfg = model.cfg
+    chans = {k: list(v) for k, v in cfg.channels.items()}
+    mine = heldout_stores(["conus", "china"], 7, 10, chip_size=cfg.chip_size, channels=chans, cache_dir=tmp_path / "a")
+    d = DataConfig(aois=["conus", "china"], cache_dir=str(tmp_path / "b"), seeds=[1], heldout_seed=7, heldout_chips=10)
+    theirs = simulated_stores(d, cfg.chip_size, chans, [7], 5, progress=False)
+    assert [len(s) for s in mine] == [len(s) for s in theirs]
+    v, p = embed_heldout(model, mine, 10)
+    src = ChipSource(theirs, chans, in_memory=False)
+    batch = src.get_batch(np.linspace(0, len(src) - 1, 10).round().astype(np.int64))
+    with torch.no_grad():
+        out = model.eval().encode(batch)
+    for k in ("s2rgb", "s1amp", "coh", "fused"):
+        np.testing.assert_allclose(v[k], out[k].numpy(), atol=1e-5)
+        assert np.array_equal(p[k], out[f"{k}_present"].numpy())
