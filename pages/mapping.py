@@ -95,7 +95,8 @@ with page_guard("label & map"):
     st.caption("Chips the model is least sure about, from different parts of the embedding space (before a model: "
                "diverse chips). Accept or reject each; the map retrains.")
     mods = labelling.thumbnail_modalities(store)
-    modality = st.radio("Thumbnails", mods, key="map_thumb_mod", horizontal=True) if len(mods) > 1 else mods[0]
+    modality = (st.radio("Thumbnails", mods, key="map_thumb_mod", horizontal=True, format_func=search.space_name)
+                if len(mods) > 1 else mods[0])
     ids = geometry.chip_ids[np.asarray(suggested, dtype=np.int64)].tolist()
     preds = result.predictions[suggested] if result is not None else np.full(len(ids), np.nan)
     captions = [f"#{i + 1}" + (f" · {p:.2f}" if np.isfinite(p) else "") for i, p in enumerate(preds)]

@@ -205,7 +205,7 @@ def test_empty_workspace_explains_what_to_do(tmp_path, monkeypatch):
     assert any("holds no AOI yet" in t for t in texts(at.info))
     table = next(d.value for d in at.dataframe if "store" in d.value.columns)
     assert set(table["store"]) == {"⬜ missing"} and len(table) == 5  # the simulated demo AOIs, to be built
-    for page in ("pages/similarity.py", "pages/explorer.py", "pages/probes.py"):
+    for page in ("pages/similarity.py", "pages/explorer.py", "pages/probes.py", "pages/mapping.py"):
         at.switch_page(page).run()
         assert not at.exception and not at.error
         assert any("Build the simulated AOIs on the Home page" in t for t in texts(at.info))
