@@ -27,7 +27,7 @@ with page_guard("label & map"):
     lookup = cache.chip_lookup(ctx.root, ctx.aoi, model)
     reps = [s for s in search.SPACES if s in emb.vectors and emb.get(s)[1].any()]
     names = labelling.names(ctx.root, ctx.aoi)
-    labelling.restore_from_url(ctx.aoi, names, reps, MAP_ESTIMATORS, geometry.chip_ids.tolist())
+    labelling.restore_from_url(ctx.aoi, names, reps, MAP_ESTIMATORS, lookup)
     labelling.show_message()
 
     c1, c2 = st.columns([3, 2])

@@ -257,3 +257,21 @@ def test_similarity_results_label_into_the_active_set_and_the_query_is_in_the_ur
     assert_clean(reload)
     assert reload.selectbox(key=f"sim_chip::{AOI}").value == query
     assert any(d.value is not None and "score" in d.value.columns for d in reload.dataframe)
+
+
+def test_labels_without_features_in_a_modality_warn_and_keep_the_map(ws):
+    from data.labelsets import LabelSet, save_label_set
+
+    store = ws.open_store(AOI)
+    lacking = store.index["chip_id"][~store.available("coh")].tolist()
+    having = store.index["chip_id"][store.available("coh")].tolist()
+    assert lacking and having, "the simulated AOI should have chips with and without coherence"
+    labels = LabelSet(AOI, "partly").add([lacking[0]], "present").add([having[0]], "absent")
+    save_label_set(ws, labels, store=store)
+    at = open_mapping({"labels": "partly", "rep": "coh"})
+    assert at.selectbox(key="map_rep").value == "coh"
+    assert any("cannot be trained yet" in str(w.value) for w in at.warning)
+    assert len(at.get("deck_gl_json_chart")) == 1  # the analyst can still label chips on the map
+    at.selectbox(key="map_rep").set_value("fused").run()
+    assert_clean(at)
+    assert metric(at, "Detections").endswith("of 100")

@@ -9,7 +9,7 @@ before and after a model, and the download buttons.
 from __future__ import annotations
 
 import functools
-from typing import Sequence
+from typing import Collection, Sequence
 
 import numpy as np
 import streamlit as st
@@ -19,7 +19,6 @@ from data.labelsets import LabelSet, LabelSetError, list_label_sets, load_label_
 from data.store import ChipStore
 from data.workspace import Workspace
 from ui import cache, gallery, maps, state
-from ui.errors import UserError
 
 BRUSH_KEY = "map_brush"
 REMOVE = "remove"
@@ -59,13 +58,13 @@ def _bump_map(aoi: str) -> None:
 
 
 def restore_from_url(aoi: str, label_sets: Sequence[str], representations: Sequence[str], estimators: Sequence[str],
-                     chip_ids: Sequence[str]) -> None:
+                     chip_ids: Collection[str]) -> None:
     """A reload or a shared link restores the label set, representation, estimator, threshold and chip."""
     state.from_url("labels", labelset_key(aoi), allowed=label_sets)
     state.from_url("rep", REP_KEY, allowed=representations)
     state.from_url("est", EST_KEY, allowed=estimators)
     state.from_url("thr", THRESHOLD_KEY, cast=_threshold)
-    state.from_url("chip", chip_key(aoi), allowed=set(chip_ids))
+    state.from_url("chip", chip_key(aoi), allowed=chip_ids)
 
 
 def _threshold(text: str) -> float:
@@ -172,7 +171,8 @@ def fittable(label_set: LabelSet) -> bool:
 
 
 def fit(root: str, aoi: str, model: str, representation: str, estimator: str, label_set: LabelSet) -> MapResult | None:
-    """The label set's map on a representation, None until it can be trained; core's refusals become messages."""
+    """The label set's map on a representation, None until it can be trained; core's refusals are shown as a warning
+    (not raised: the map stays on the page so that the analyst can label the chips it asks for)."""
     from core.mapping import MappingError
 
     if not fittable(label_set):
@@ -180,7 +180,8 @@ def fit(root: str, aoi: str, model: str, representation: str, estimator: str, la
     try:
         return cache.label_map(root, aoi, model, representation, estimator, label_set)
     except MappingError as e:
-        raise UserError(str(e), "", "info") from e
+        st.warning(f"The map cannot be trained yet: {e}")
+        return None
 
 
 # ----------------------------------------------------------------------------------------- map colours
