@@ -34,7 +34,8 @@ from sklearn.base import BaseEstimator
 from sklearn.cluster import KMeans, MiniBatchKMeans
 from sklearn.ensemble import RandomForestClassifier, RandomForestRegressor
 from sklearn.linear_model import LogisticRegression, RidgeCV
-from sklearn.model_selection import KFold, StratifiedKFold, cross_val_score
+from sklearn.metrics import balanced_accuracy_score, r2_score, roc_auc_score
+from sklearn.model_selection import KFold, StratifiedKFold, cross_val_predict
 from sklearn.neighbors import KNeighborsClassifier, KNeighborsRegressor
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
@@ -148,8 +149,15 @@ def _cross_validate(model: BaseEstimator, X: np.ndarray, y: np.ndarray, kind: st
         if folds < 2:
             return metric, float("nan"), float("nan"), 0
         cv = StratifiedKFold(folds, shuffle=True, random_state=seed)
-    scores = cross_val_score(model, X, y, cv=cv, scoring=metric)
-    return metric, float(np.mean(scores)), float(np.std(scores)), folds
+    # The score of the pooled out-of-fold predictions: with a handful of labels a per-fold ROC AUC is 0 or 1
+    # (one chip per class in a fold), the pooled one ranks every present/absent pair. The spread is over folds.
+    proba = kind == "binary"
+    pred = cross_val_predict(model, X, y, cv=cv, method="predict_proba" if proba else "predict")
+    if proba:
+        pred = pred[:, 1]
+    score = {"roc_auc": roc_auc_score, "balanced_accuracy": balanced_accuracy_score, "r2": r2_score}[metric]
+    per_fold = [score(y[test], pred[test]) for _, test in cv.split(X, y)]
+    return metric, float(score(y, pred)), float(np.std(per_fold)), folds
 
 
 def fit_label_map(X: np.ndarray, valid: np.ndarray, chip_ids: Sequence[str], label_set: LabelSet, *,

@@ -33,9 +33,11 @@ def tiny_ws(tmp_path_factory):
     return ws, ckpt
 
 
-def test_quick_cli_writes_report(tiny_ws, capsys):
+def test_quick_cli_writes_report(tiny_ws, capsys, tmp_path):
     ws, ckpt = tiny_ws
-    assert main(["--workspace", str(ws.root), "--checkpoint", str(ckpt), "--quick", "--quiet", "--block", "2"]) == 0
+    docs = tmp_path / "EVALUATION.md"
+    assert main(["--workspace", str(ws.root), "--checkpoint", str(ckpt), "--quick", "--quiet", "--block", "2",
+                 "--docs", str(docs)]) == 0
     out = ws.root / "evaluations" / "ckpt-test-ridge-quick"
     assert "Few-shot evaluation (SIMULATED AOIs)" in capsys.readouterr().out
     res = pd.read_csv(out / "results.csv")
@@ -68,6 +70,12 @@ def test_quick_cli_writes_report(tiny_ws, capsys):
         assert heading in summary, heading
     assert "| pretrained fused |" in summary and "| hist |" in summary
     assert "beats the best baseline:" in summary
+    # The targets are checked by the code, each one stated as met or missed.
+    targets = summary.split("### Targets for pretrained fused")[1].split("##")[0]
+    assert targets.count("**met**") + targets.count("**missed**") == 5
+    page = docs.read_text()
+    assert page.startswith("# Few-shot evaluation") and "SIMULATED data" in page and "--docs" in page
+    assert "### (a) Mean R^2 by label budget" in page and "#### Targets for pretrained fused" in page
     drop = pd.read_csv(out / "dropout.csv")
     assert {"none", "modality s2rgb", "modality s1amp", "modality coh"} <= set(drop.missing)
     assert (drop[drop.missing == "none"].r2_change.abs() < 1e-12).all()

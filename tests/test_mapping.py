@@ -84,6 +84,10 @@ def test_few_labels_warn_and_one_class_refused():
     rows = np.r_[np.flatnonzero(y)[:3], np.flatnonzero(~y)[:3]]
     r = fit_label_map(X, np.ones(len(X), bool), ids, binary_set(ids, y, rows))
     assert r.warning and "only 6 labels" in r.warning and "3 present" in r.warning and "not reliable" in r.warning
+    # Pooled out-of-fold score: with one chip per class in a fold a per-fold AUC would be 0 or 1.
+    assert r.cv_folds == 3 and r.cv_mean == pytest.approx(1.0)
+    two = fit_label_map(X, np.ones(len(X), bool), ids, binary_set(ids, y, np.r_[rows[:2], rows[3:5]]))
+    assert two.cv_folds == 2 and 0.0 <= two.cv_mean <= 1.0 and "not reliable" in two.warning
     with pytest.raises(MappingError, match="at least one present and one absent"):
         fit_label_map(X, np.ones(len(X), bool), ids, LabelSet("tiny", "t").add(ids[:5], "present"))
     with pytest.raises(MappingError, match="not chips"):
