@@ -153,6 +153,19 @@ def split_pool_test(n: int, valid_mask: np.ndarray | None = None, *, test_fracti
     return np.sort(perm[n_test:]), np.sort(perm[:n_test])
 
 
+def probe_split(rows: np.ndarray, cols: np.ndarray, valid: np.ndarray | None = None, *, block: int = 8,
+                test_fraction: float = 0.3, seed: int = 0) -> tuple[np.ndarray, np.ndarray, int]:
+    """The app's live-probe split: `blocked_split` with the block shrunk (8, 4, 2, 1) until the AOI holds at
+    least 12 squares, so small real scenes still get a spatially blocked test set. Returns (pool, test, block)."""
+    rows, cols = np.asarray(rows), np.asarray(cols)
+    side = int(max(np.ptp(rows), np.ptp(cols))) + 1 if len(rows) else 1
+    b = int(block)
+    while b > 1 and (side / b) ** 2 < 12:
+        b //= 2
+    pool, test = blocked_split(rows, cols, valid, block=b, test_fraction=test_fraction, seed=seed)
+    return pool, test, b
+
+
 def blocked_split(rows: np.ndarray, cols: np.ndarray, valid: np.ndarray | None = None, *, block: int = 8,
                   test_fraction: float = 0.3, seed: int = 0, buffer: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Spatially blocked (pool_idx, test_idx): whole `block` x `block` squares of the AOI's chip grid go to test.

@@ -75,7 +75,8 @@ with page_guard("few-shot probes"):
             curves, metric = probing.curves(ctx, model, task, estimator, int(repeats), spec, n_labelled)
         st.altair_chart(charts.learning_curve_chart(curves, probing.headline(full)[1], metric), width="stretch")
         st.caption("Bands: spread (± 1 std) over repeats. Dashed line: this setting with all labels. "
-                   "Random-init: the same architecture untrained; hand-crafted: per-channel statistics.")
+                   "Random-init: the same architecture untrained; hand-crafted: per-channel statistics. Test chips: "
+                   "whole squares of the AOI grid held out (a spatially blocked split), as in the evaluation.")
     with right:
         st.markdown("**Predicted vs true** (held-out chips, first draw)")
         y_true, y_pred = probing.test_pairs(result, store.labels(task))

@@ -260,3 +260,14 @@ def test_ridge_loo_matches_sklearn_ridgecv():
         assert alpha == ref.alpha_
         Z = rng.normal(size=(30, d))
         np.testing.assert_allclose(Z @ coef + intercept, ref.predict(Z), atol=1e-8)
+
+
+def test_probe_split_shrinks_the_block_on_small_scenes():
+    from core.probes import probe_split
+
+    rows, cols = np.divmod(np.arange(45 * 45), 45)
+    pool, test, block = probe_split(rows, cols, seed=0)
+    assert block == 8 and len(np.intersect1d(pool, test)) == 0 and 0.2 < len(test) / 2025 < 0.4
+    rows, cols = np.divmod(np.arange(64), 8)   # a real 8 x 8-chip scene (Sen1Floods11)
+    pool, test, block = probe_split(rows, cols, seed=0)
+    assert block == 2 and len(pool) and len(test) and len(np.intersect1d(pool, test)) == 0

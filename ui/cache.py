@@ -290,12 +290,20 @@ def _probe_inputs(root: str, aoi: str, model: str, features: str, dropped_modali
     return x, y, present
 
 
+def _blocked(root: str, aoi: str, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    from core.probes import probe_split
+
+    index = _store(root, aoi, store_stamp(root, aoi)).index
+    pool, test, _ = probe_split(index["row"].to_numpy(), index["col"].to_numpy(), valid, seed=0)
+    return pool, test
+
+
 @st.cache_data(max_entries=256, show_spinner=False)
 def _probe(root, aoi, model, features, dropped_modalities, dropped_channels, task, estimator, budget, repeats, stamp):
-    from core.probes import fit_probe, split_pool_test
+    from core.probes import fit_probe
 
     x, y, present = _probe_inputs(root, aoi, model, features, dropped_modalities, dropped_channels, task)
-    pool, test = split_pool_test(len(y), np.isfinite(y) & present, seed=0)
+    pool, test = _blocked(root, aoi, np.isfinite(y) & present)
     r = fit_probe(x, y, task=task, estimator=estimator, budget=budget, repeats=repeats, seed=0, pool=pool, test=test,
                   valid=present)
     return _probe_dict(r)  # fit_probe(valid=present) already leaves chips without input unpredicted
@@ -312,10 +320,10 @@ def probe(root: str, aoi: str, model: str, *, task: str, estimator: str, budget:
 
 @st.cache_data(max_entries=128, show_spinner=False)
 def _curve(root, aoi, model, features, dropped_modalities, dropped_channels, task, estimator, budgets, repeats, stamp):
-    from core.probes import learning_curve, split_pool_test
+    from core.probes import learning_curve
 
     x, y, present = _probe_inputs(root, aoi, model, features, dropped_modalities, dropped_channels, task)
-    pool, test = split_pool_test(len(y), np.isfinite(y) & present, seed=0)
+    pool, test = _blocked(root, aoi, np.isfinite(y) & present)
     return learning_curve(x, y, budgets=budgets, task=task, estimator=estimator, repeats=repeats, seed=0, pool=pool,
                           test=test, valid=present)
 
