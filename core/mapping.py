@@ -160,6 +160,27 @@ def _cross_validate(model: BaseEstimator, X: np.ndarray, y: np.ndarray, kind: st
     return metric, float(score(y, pred)), float(np.std(per_fold)), folds
 
 
+def _predict(model: Any, X: np.ndarray, valid: np.ndarray, kind: str) -> tuple[np.ndarray, np.ndarray | None]:
+    """(predictions [N], classes_pred [N] or None) of a fitted probe on the valid rows of X (see MapResult)."""
+    n = len(X)
+    predictions = np.full(n, np.nan)
+    classes_pred = np.full(n, -1, dtype=np.int64) if kind == "multiclass" else None
+    rows = np.flatnonzero(valid)
+    if rows.size == 0:
+        return predictions, classes_pred   # sklearn refuses an empty batch; nothing to predict
+    if kind == "fraction":
+        predictions[rows] = np.clip(model.predict(X[rows]), 0.0, 1.0)
+    else:
+        proba = model.predict_proba(X[rows])
+        fitted = np.asarray(model.classes_).astype(int)
+        if kind == "binary":
+            predictions[rows] = proba[:, list(fitted).index(1)]
+        else:
+            classes_pred[rows] = fitted[proba.argmax(axis=1)]
+            predictions[rows] = proba.max(axis=1)
+    return predictions, classes_pred
+
+
 def fit_label_map(X: np.ndarray, valid: np.ndarray, chip_ids: Sequence[str], label_set: LabelSet, *,
                   estimator: str = "logistic", representation: str = "fused", seed: int = 0) -> MapResult:
     """Fit a probe on the label set's chips and predict every valid chip, with a cross-validated score on those labels."""
@@ -200,21 +221,9 @@ def fit_label_map(X: np.ndarray, valid: np.ndarray, chip_ids: Sequence[str], lab
     metric, cv_mean, cv_std, folds = _cross_validate(model, X[pos], y, kind, seed)
     model.fit(X[pos], y if kind == "fraction" else y.astype(int))
 
-    n = len(X)
-    predictions = np.full(n, np.nan)
-    classes_pred = None
+    predictions, classes_pred = _predict(model, X, valid, kind)
     rows = np.flatnonzero(valid)
-    if kind == "fraction":
-        predictions[rows] = np.clip(model.predict(X[rows]), 0.0, 1.0)
-    else:
-        proba = model.predict_proba(X[rows])
-        fitted = np.asarray(model.classes_).astype(int)
-        if kind == "binary":
-            predictions[rows] = proba[:, list(fitted).index(1)]
-        else:
-            classes_pred = np.full(n, -1, dtype=np.int64)
-            classes_pred[rows] = fitted[proba.argmax(axis=1)]
-            predictions[rows] = proba.max(axis=1)
+    n = len(X)
 
     used = label_set.labels.iloc[np.flatnonzero(usable)]
     counts = (LabelSet(label_set.aoi, label_set.name, kind, label_set.classes, used).counts())
@@ -243,6 +252,23 @@ def detections(result: MapResult, threshold: float) -> np.ndarray:
     """Bool [N]: valid chips whose prediction is >= threshold."""
     with np.errstate(invalid="ignore"):
         return result.valid & (np.nan_to_num(result.predictions, nan=-np.inf) >= float(threshold))
+
+
+def predict_other(result: MapResult, X: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """The fitted map applied to other chips (e.g. another AOI's vectors of the same representation and model):
+    float [N] like `result.predictions` (NaN where not valid)."""
+    if result.model is None:
+        raise MappingError("this map holds no fitted model: refit it before applying it to other chips")
+    X = np.asarray(X)
+    valid = np.asarray(valid, dtype=bool)
+    if X.ndim != 2 or valid.shape != (len(X),):
+        raise MappingError(f"features {X.shape} and valid {valid.shape} must agree: X [N, D], valid [N]")
+    expected = getattr(result.model, "n_features_in_", X.shape[1])
+    if X.shape[1] != expected:
+        raise MappingError(f"these vectors have {X.shape[1]} dimensions, the map was fitted on {expected}: use the "
+                           f"same model and representation ({result.representation!r}) as the map")
+    # The same validity rule as the fit: a chip with any non-finite coordinate gets no prediction.
+    return _predict(result.model, X, valid & np.isfinite(X).all(axis=1), result.kind)[0]
 
 
 # ----------------------------------------------------------------------------------------- active learning

@@ -7,6 +7,7 @@ checkpoint, embeddings and FAISS indexes built by core.pipeline) is built once p
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -278,6 +279,36 @@ def test_deck_json_is_valid_and_has_no_basemap():
     assert layers[maps.CHIP_LAYER]["pickable"] is True
     # Deck stays reusable: serialising twice gives the same spec.
     assert json.loads(deck.to_json()) == spec
+
+
+def test_overview_deck_outlines_every_aoi_and_colours_the_points():
+    here = maps.ChipGeometry.from_index(_index())
+    far = _index(12)
+    far["chip_id"] = [f"f-{i:03d}" for i in range(12)]
+    far = far.set_geometry(far.geometry.translate(-60, -50))
+    there = maps.ChipGeometry.from_index(far)
+    points = pd.DataFrame({"aoi": ["a", "b", "b"], "chip_id": ["t-002", "f-001", "f-005"], "position": [2, 1, 5],
+                           "value": [0.9, 0.2, np.nan]})
+    scale = maps.color_scale("similarity", 0.0, 1.0)
+    deck = maps.overview_deck({"a": here, "b": there}, points, scale, value_name="score", query=("a", 0))
+    spec = json.loads(deck.to_json())
+    assert spec["mapStyle"] == "__MAP_STYLE__" and "mapProvider" not in spec  # no basemap, nothing fetched
+    layers = {layer["id"]: layer for layer in spec["layers"]}
+    assert [r["aoi"] for r in layers[maps.OVERVIEW_AOI_LAYER]["data"]] == ["a", "b"]
+    dots = {r["id"]: r for r in layers[maps.OVERVIEW_POINT_LAYER]["data"]}
+    assert set(dots) == {"t-002", "f-001", "f-005"}
+    np.testing.assert_allclose(dots["f-001"]["p"], there.centroids[1], atol=1e-4)
+    assert dots["t-002"]["c"] == scale.rgba(np.array([0.9]))[0].tolist() and dots["t-002"]["v"] == "0.900"
+    assert dots["f-005"]["v"] == "n/a" and dots["f-005"]["c"] == list(maps.NAN_RGBA)
+    assert layers[maps.OVERVIEW_QUERY_LAYER]["data"][0]["id"] == "t-000"
+    assert {"{aoi}", "{id}", "{v}"} <= set(re.findall(r"\{\w+\}", deck._tooltip["text"]))  # st.pydeck_chart sends it
+    # The view holds both AOIs: its centre lies between them.
+    assert -50 < spec["initialViewState"]["longitude"] < 10
+    # Beyond max_points only the highest values are drawn.
+    top = json.loads(maps.overview_deck({"a": here, "b": there}, points, scale, value_name="score",
+                                        max_points=1).to_json())
+    assert [r["id"] for layer in top["layers"] if layer["id"] == maps.OVERVIEW_POINT_LAYER
+            for r in layer["data"]] == ["t-002"]
 
 
 def test_clicked_chip_reads_the_selection():

@@ -20,6 +20,7 @@ from core.mapping import (
     fit_label_map,
     main,
     map_provenance,
+    predict_other,
     representation_features,
     suggest_next,
     uncertainty,
@@ -218,3 +219,41 @@ def test_cli_help_and_bad_input(ws_emb, tmp_path, capsys):
     rc = main(["train", "--aoi", "../etc", "--labels", "x", "--workspace", str(ws.root)])
     assert rc == 2 and "only letters" in capsys.readouterr().err
     assert load_embeddings(ws, "tiny").keys == ["fused"]
+
+
+@pytest.mark.parametrize("estimator", ["logistic", "random_forest"])
+def test_predict_other_applies_the_fitted_map_like_the_fit(estimator):
+    X, y, ids = separable(200)
+    valid = np.ones(len(X), dtype=bool)
+    valid[7] = False
+    result = fit_label_map(X, valid, ids, binary_set(ids, y, np.arange(0, 200, 5)), estimator=estimator)
+    same = predict_other(result, X, valid)
+    np.testing.assert_allclose(same, result.predictions, equal_nan=True)
+    assert np.isnan(same[7])
+    # Another "AOI": new chips of the same representation; a non-finite vector gets no prediction.
+    other, other_y, _ = separable(50, seed=1)
+    other[3, 0] = np.nan
+    pred = predict_other(result, other, np.ones(50, dtype=bool))
+    assert np.isnan(pred[3]) and np.isfinite(np.delete(pred, 3)).all()
+    ok = np.isfinite(pred)
+    assert ((pred[ok] >= 0.5) == other_y[ok]).mean() > 0.8
+    with pytest.raises(MappingError, match="dimensions"):
+        predict_other(result, other[:, :4], np.ones(50, dtype=bool))
+
+
+def test_predict_other_keeps_fraction_and_multiclass_semantics():
+    X, _, ids = separable(120)
+    every = np.ones(len(X), dtype=bool)
+    frac = np.clip(X[:, 0] / 4 + 0.5, 0, 1)
+    ls = LabelSet("tiny", "f", kind="fraction")
+    for i in range(20):
+        ls = ls.add([ids[i]], float(frac[i]))
+    r = fit_label_map(X, every, ids, ls)
+    np.testing.assert_allclose(predict_other(r, X, every), r.predictions)
+    cls = np.digitize(X[:, 0], [-0.5, 0.5])
+    m = LabelSet("tiny", "m", kind="multiclass", classes=["low", "mid", "high"])
+    for name in range(3):
+        m = m.add(ids[:60][cls[:60] == name], ["low", "mid", "high"][name])
+    r = fit_label_map(X, every, ids, m)
+    np.testing.assert_allclose(predict_other(r, X, every), r.predictions)   # the top class's probability
+    assert predict_other(r, X[:0], every[:0]).shape == (0,)

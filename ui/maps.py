@@ -19,10 +19,11 @@ import math
 import operator
 import re
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import geopandas as gpd
 import numpy as np
+import pandas as pd
 import pydeck as pdk
 import shapely
 
@@ -32,6 +33,14 @@ CHIP_LAYER = "chips"
 """Layer id of the clickable chip polygons: clicked chips are in `selection["objects"][CHIP_LAYER]`."""
 HIGHLIGHT_LAYER = "highlight"
 """Layer id of the outlines of the query and the results (also clickable)."""
+OVERVIEW_AOI_LAYER = "aoi_extents"
+"""Layer id of the AOI extents on the overview map of several AOIs."""
+OVERVIEW_POINT_LAYER = "overview_points"
+"""Layer id of the chips (results or detections) drawn as dots on the overview map."""
+OVERVIEW_QUERY_LAYER = "overview_query"
+"""Layer id of the query chip on the overview map."""
+OVERVIEW_MAX_POINTS = 20_000
+"""At most this many dots on the overview (the highest values): the layer is plain pydeck JSON, re-sent per rerun."""
 
 _LEVELS = 256
 _STR = np.dtypes.StringDType()
@@ -366,3 +375,62 @@ def clicked_chip(event: object, layers: Sequence[str] = (CHIP_LAYER, HIGHLIGHT_L
             if isinstance(obj, dict) and obj.get("id") is not None:
                 return str(obj["id"])
     return None
+
+
+def _lonlat(xy: np.ndarray) -> list[list[float]]:
+    return np.round(np.asarray(xy, dtype=np.float64), 4).tolist()
+
+
+def overview_deck(
+    geometries: Mapping[str, ChipGeometry],
+    points: pd.DataFrame,
+    scale: ColorScale,
+    *,
+    value_name: str,
+    query: tuple[str, int] | None = None,
+    max_points: int = OVERVIEW_MAX_POINTS,
+) -> pdk.Deck:
+    """An overview of several AOIs: each AOI's extent outlined and named, `points` (aoi, chip_id, position, value)
+    as dots coloured by value, the query (aoi, position) marked; no basemap, nothing fetched."""
+    missing = set(points["aoi"]) - set(geometries) if len(points) else set()
+    if missing:
+        raise ValueError(f"points of AOIs without geometry: {sorted(missing)}")
+    extents, names = [], []
+    for aoi, g in geometries.items():
+        minx, miny, maxx, maxy = g.bounds
+        extents.append({"aoi": aoi, "p": [[minx, miny], [maxx, miny], [maxx, maxy], [minx, maxy]]})
+        names.append({"aoi": aoi, "p": [minx, maxy]})
+    # Draw the highest values last (on top); beyond max_points only the highest are kept.
+    shown = points.assign(_v=points["value"].astype(np.float64).fillna(-np.inf))
+    shown = shown.sort_values("_v", kind="stable").tail(max_points)
+    records = []
+    for aoi, group in shown.groupby("aoi", sort=False):
+        pos = group["position"].to_numpy(dtype=np.int64)
+        xy = _lonlat(geometries[aoi].centroids[pos])
+        rgba = scale.rgba(group["value"].to_numpy(dtype=np.float64)).tolist()
+        for chip, p, c, v in zip(group["chip_id"].astype(str).tolist(), xy, rgba, group["value"].tolist()):
+            records.append({"aoi": aoi, "id": chip, "p": p, "c": c, "v": "n/a" if not np.isfinite(v) else f"{v:.3f}"})
+    layers = [
+        pdk.Layer("PolygonLayer", data=extents, id=OVERVIEW_AOI_LAYER, get_polygon="p", filled=True,
+                  get_fill_color=[120, 120, 120, 25], stroked=True, get_line_color=[90, 90, 90, 220],
+                  line_width_min_pixels=1.5, pickable=False),
+        pdk.Layer("TextLayer", data=names, id="aoi_names", get_position="p", get_text="aoi", get_size=13,
+                  get_color=[60, 60, 60, 255], get_text_anchor='"start"', get_alignment_baseline='"bottom"',
+                  pickable=False),
+        pdk.Layer("ScatterplotLayer", data=records, id=OVERVIEW_POINT_LAYER, get_position="p", get_fill_color="c",
+                  get_radius=5, radius_units='"pixels"', stroked=True, get_line_color=[40, 40, 40, 200],
+                  line_width_min_pixels=0.5, pickable=True, auto_highlight=True),
+    ]
+    if query is not None:
+        aoi, pos = query
+        p = _lonlat(geometries[aoi].centroids[int(pos)])
+        layers.append(pdk.Layer(
+            "ScatterplotLayer", data=[{"aoi": aoi, "id": str(geometries[aoi].chip_ids[int(pos)]), "p": p, "v": "query"}],
+            id=OVERVIEW_QUERY_LAYER, get_position="p", get_fill_color=list(QUERY_RGBA), get_radius=8,
+            radius_units='"pixels"', stroked=True, get_line_color=[255, 255, 255, 255], line_width_min_pixels=2,
+            pickable=True))
+    bounds = np.array([g.bounds for g in geometries.values()])
+    view = view_for_bounds((bounds[:, 0].min(), bounds[:, 1].min(), bounds[:, 2].max(), bounds[:, 3].max()))
+    # map_provider=None: no basemap and nothing fetched (see chip_deck).
+    return pdk.Deck(layers=layers, initial_view_state=view, map_provider=None,
+                    tooltip={"text": f"AOI {{aoi}}, chip {{id}}\n{value_name}: {{v}}"})
