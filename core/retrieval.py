@@ -28,7 +28,7 @@ import pandas as pd
 
 from core.checkpoint import SHIPPED_CHECKPOINT, CheckpointError, read_model_card
 from core.embed import embed_positions, load_model
-from data.store import ChipStore, StoreError
+from data.store import ChipStore
 
 DEFAULT_KS: tuple[int, ...] = (1, 5)
 DEFAULT_HELDOUT_SEED = 99
@@ -70,21 +70,12 @@ def training_seeds(card: dict) -> list[int] | None:
 def heldout_stores(aois: Sequence[str], seed: int, chips: int, *, chip_size: int, channels: dict[str, list[str]],
                    cache_dir: str | Path, progress: bool = False) -> list[ChipStore]:
     """One simulated store per AOI at `seed`, `ceil(chips / len(aois))` chips each (as pretraining's held-out set)."""
-    from data.simulate import grid_shape, simulate_store
+    from data.simulate import cached_store, grid_shape
 
     per_aoi = math.ceil(chips / len(aois))
     rows, cols = grid_shape(per_aoi)
-    stores = []
-    for aoi in aois:
-        path = Path(cache_dir) / f"c{chip_size}-n{per_aoi}-s{seed}" / aoi
-        try:
-            store = ChipStore.open(path)
-            if store.meta.channels != channels or len(store) != rows * cols:
-                raise StoreError("stale")
-        except StoreError:
-            store = simulate_store(path, aoi, rows, cols, seed, chip_size=chip_size, channels=channels,
-                                   overwrite=True, progress=progress)
-        stores.append(store)
+    stores = [cached_store(Path(cache_dir) / f"c{chip_size}-n{per_aoi}-s{seed}" / aoi, aoi, rows, cols, seed,
+                           chip_size=chip_size, channels=channels, progress=progress) for aoi in aois]
     return stores
 
 

@@ -288,6 +288,21 @@ def simulate_store(
     return ChipStore.open(Path(path))
 
 
+def cached_store(path: "str | Path", aoi: str, n_rows: int, n_cols: int, seed: int, *, chip_size: int,
+                 channels: Mapping[str, Sequence[str]], progress: bool = False) -> ChipStore:
+    """A simulated store cached at `path` (training and held-out chips), regenerated when it was made with other
+    channels, another size or an older simulator."""
+    try:
+        store = ChipStore.open(path)
+        version = store.meta.extra.get("request", {}).get("version")
+        if store.meta.channels != dict(channels) or len(store) != n_rows * n_cols or version != SIMULATOR_VERSION:
+            raise StoreError("made otherwise")
+        return store
+    except StoreError:
+        return simulate_store(path, aoi, n_rows, n_cols, seed, chip_size=chip_size, channels=channels,
+                              overwrite=True, progress=progress)
+
+
 def _store_status(path: Path, request: dict) -> str:
     """'absent', 'ok' (matches the request), 'outdated' (same request, older simulator), 'different' or 'broken'."""
     if not path.exists():

@@ -9,8 +9,8 @@ import numpy as np
 import torch
 
 from data.dataset import ChipDataset
-from data.simulate import SIMULATOR_VERSION, grid_shape, simulate_store
-from data.store import ChipStore, StoreError
+from data.simulate import cached_store, grid_shape
+from data.store import ChipStore
 from training.config import DataConfig
 
 
@@ -22,15 +22,8 @@ def simulated_stores(cfg: DataConfig, chip_size: int, channels: dict[str, list[s
     for seed in seeds:
         for aoi in cfg.aois:
             path = Path(cfg.cache_dir) / f"c{chip_size}-n{chips_per_aoi}-s{seed}" / aoi
-            try:
-                store = ChipStore.open(path)
-                version = store.meta.extra.get("request", {}).get("version")
-                if store.meta.channels != channels or len(store) != rows * cols or version != SIMULATOR_VERSION:
-                    raise StoreError("stale")
-            except StoreError:
-                store = simulate_store(path, aoi, rows, cols, seed, chip_size=chip_size, channels=channels,
-                                       overwrite=True, progress=progress)
-            stores.append(store)
+            stores.append(cached_store(path, aoi, rows, cols, seed, chip_size=chip_size, channels=channels,
+                                       progress=progress))
     return stores
 
 
