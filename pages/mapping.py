@@ -90,6 +90,11 @@ with page_guard("label & map"):
     st.caption(labelling.colorbar_numbers(scale))
     if chip:
         st.caption(f"Last clicked: {chip} (label: {label_set.label_of(chip) or 'none'}).")
+    if len(ctx.aois) > 1 and st.toggle("Apply to all AOIs", key=labelling.ALL_AOIS_KEY, disabled=result is None,
+                                      help="Run this map on every AOI's chips (same model and representation) and "
+                                           "count the detections at the threshold."):
+        if result is not None:
+            labelling.show_all_aois(ctx.root, ctx.aois, ctx.aoi, model, rep, estimator, label_set, result, threshold)
 
     st.subheader("Label these next")
     st.caption("Chips the model is least sure about, from different parts of the embedding space (before a model: "

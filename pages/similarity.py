@@ -86,6 +86,8 @@ with page_guard("similarity search"):
     st.caption(legend + "Click a chip to search from it." + (" Simulated AOI." if store.meta.simulated else ""))
     st.image(scale.colorbar(), width=256)
 
+    if result is not None and scope == "all AOIs" and not result.results.empty:
+        search.show_overview(ctx.root, ctx.aois, ctx.aoi, result)
     if result is not None:
         search.show_results(ctx.root, ctx.aoi, result, [m for m in spaces if m != "fused"])
         labelling.results_review(ctx.root, ctx.aoi, store, result.results)

@@ -152,9 +152,18 @@ def test_similarity_pick_a_chip_shows_results_and_gallery(app_ws):
     at.slider(key="sim_k").set_value(40).run()
     assert_clean(at)
     assert set(_results(at)["aoi"]) <= {"conus", "south_america"} and len(_results(at)) == 40
+    # ... and are placed on an overview map of every AOI (a second map, not clickable).
+    decks = at.get("deck_gl_json_chart")
+    assert len(decks) == 2
+    overview = {layer["id"]: layer for layer in json.loads(decks[1].proto.json)["layers"]}
+    assert {r["aoi"] for r in overview[maps.OVERVIEW_AOI_LAYER]["data"]} == {"conus", "south_america"}
+    assert len(overview[maps.OVERVIEW_POINT_LAYER]["data"]) == 40
+    assert overview[maps.OVERVIEW_QUERY_LAYER]["data"][0]["id"] == picker.options[12]
+    assert any("Results per AOI" in t and "Simulated AOIs." in t for t in texts(at.caption))
 
     # Refine with a negative: the query moves, the scores change.
     at.radio(key="sim_scope").set_value("this AOI").run()
+    assert len(at.get("deck_gl_json_chart")) == 1  # the overview is for the all-AOIs scope only
     before = _results(at)
     neg = at.multiselect(key="sim_neg::conus")
     neg.select(neg.options[0]).run()
@@ -162,6 +171,39 @@ def test_similarity_pick_a_chip_shows_results_and_gallery(app_ws):
     after = _results(at)
     assert neg.options[0] not in {f"{a}:{c}" for a, c in zip(after["aoi"], after["chip_id"])}
     assert not np.allclose(after["score"].to_numpy()[:5], before["score"].to_numpy()[:5])
+
+
+def test_mapping_applied_to_all_aois_counts_detections_per_aoi(app_ws):
+    from data.labelsets import LabelSet, save_label_set
+
+    ws = Workspace(app_ws)
+    store = ws.open_store("conus")
+    water = store.labels("water")
+    ids = store.index["chip_id"].astype(str).to_numpy()
+    order = np.argsort(water)
+    labels = LabelSet("conus", "all_aois_check").add(ids[order[-4:]], "present").add(ids[order[:4]], "absent")
+    save_label_set(ws, labels, store=store)
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT)
+    at.query_params.update({"aoi": "conus", "labels": "all_aois_check"})
+    at.run()
+    at.switch_page("pages/mapping.py").run()
+    assert_clean(at)
+    assert len(at.get("deck_gl_json_chart")) == 1  # off by default: one map
+    at.toggle(key="map_all_aois").set_value(True).run()
+    assert_clean(at)
+    table = next(d.value for d in at.dataframe if "detections" in d.value.columns)
+    assert table["AOI"].tolist() == ["conus", "south_america"] and set(table["data"]) == {"simulated"}
+    assert (table["chips mapped"] > 0).all()
+    here = int(str(next(m.value for m in at.metric if m.label == "Detections")).split()[0])
+    assert int(table.loc[table["AOI"] == "conus", "detections"].iloc[0]) == here  # the same map on its own AOI
+    overview = {layer["id"]: layer for layer in json.loads(at.get("deck_gl_json_chart")[1].proto.json)["layers"]}
+    assert len(overview[maps.OVERVIEW_POINT_LAYER]["data"]) == int(table["detections"].sum())
+    assert any("applied to every AOI" in t and "Simulated AOIs." in t for t in texts(at.caption))
+    # A higher threshold: fewer (or as many) detections in every AOI.
+    at.slider(key="map_threshold").set_value(0.9).run()
+    assert_clean(at)
+    high = next(d.value for d in at.dataframe if "detections" in d.value.columns)
+    assert (high["detections"].to_numpy() <= table["detections"].to_numpy()).all()
 
 
 def test_similarity_missing_modality_is_a_message_not_a_traceback(app_ws):

@@ -404,3 +404,22 @@ def suggestions(root: str, aoi: str, model: str, representation: str, estimator:
     return _suggestions(root, aoi, model, representation, estimator, label_set.name, label_set.kind,
                         tuple(label_set.classes), _label_tuples(label_set), int(k), bool(fitted),
                         embeddings_stamp(root, aoi, model))
+
+
+@st.cache_data(max_entries=64, show_spinner="Applying the map to another AOI…")
+def _applied_map(root, aoi, model, representation, estimator, name, kind, classes, labels, stamp, other, other_stamp):
+    from core.mapping import predict_other
+
+    result = _label_map(root, aoi, model, representation, estimator, name, kind, classes, labels, stamp)
+    X, valid = _embeddings(root, other, model, "full", other_stamp).get(representation)
+    return predict_other(result, X, valid)
+
+
+def applied_map(root: str, aoi: str, model: str, representation: str, estimator: str, label_set: Any,
+                other: str) -> np.ndarray:
+    """core.mapping.predict_other: the label set's map (fitted on `aoi`) over another AOI's chips, cached by the labels."""
+    embeddings(root, aoi, model)
+    embeddings(root, other, model)   # the UserError with the fix when the other AOI has no embeddings yet
+    return _applied_map(root, aoi, model, representation, estimator, label_set.name, label_set.kind,
+                        tuple(label_set.classes), _label_tuples(label_set), embeddings_stamp(root, aoi, model),
+                        other, embeddings_stamp(root, other, model))

@@ -8,10 +8,12 @@ before and after a model, and the download buttons.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from typing import Collection, Sequence
 
 import numpy as np
+import pandas as pd
 import streamlit as st
 
 from core.mapping import EXPORT_FORMATS, MapResult, detections, export_label_set, export_map, map_provenance
@@ -19,6 +21,7 @@ from data.labelsets import LabelSet, LabelSetError, list_label_sets, load_label_
 from data.store import ChipStore
 from data.workspace import Workspace
 from ui import cache, gallery, maps, state
+from ui.errors import UserError
 
 BRUSH_KEY = "map_brush"
 REMOVE = "remove"
@@ -226,6 +229,61 @@ def map_colours(result: MapResult | None, threshold: float, view: str, X: np.nda
     scale = maps.color_scale("similarity", *maps.robust_range(values), title="embedding axis 1")
     return values, scale, "embedding axis 1", ("No labels yet. Colour: the embeddings' main axis of variation (PCA 1); "
                                                "chips of similar colour look alike to the model.")
+
+
+ALL_AOIS_KEY = "map_all_aois"
+OVERVIEW_KEY = "map_overview"
+
+
+def show_all_aois(root: str, aois: Sequence[str], aoi: str, model: str, representation: str, estimator: str,
+                  label_set: LabelSet, result: MapResult, threshold: float) -> None:
+    """The map applied to every AOI: detections per AOI at the threshold (a table) and an overview map of them."""
+    rows, points, skipped = [], [], []
+    geometries: dict[str, maps.ChipGeometry] = {}
+    for a in aois:
+        try:
+            geometry = cache.geometry(root, a)
+            emb = cache.embeddings(root, a, model)
+            if a == aoi:
+                predictions = result.predictions   # the fitted AOI itself: exactly the map above
+            else:
+                predictions = cache.applied_map(root, aoi, model, representation, estimator, label_set, a)
+        except (UserError, KeyError):
+            skipped.append(a)   # no embeddings (or no such representation) there yet: the others are still mapped
+            continue
+        geometries[a] = geometry
+        # core's detection rule, on this AOI's predictions (NaN = no vector = never a detection).
+        det = detections(dataclasses.replace(result, predictions=predictions, valid=np.isfinite(predictions)), threshold)
+        simulated = cache.store(root, a).meta.simulated
+        rows.append({"AOI": a, "data": "simulated" if simulated else "real", "chips mapped": int(np.isfinite(predictions).sum()),
+                     "detections": int(det.sum()), "share": float(det.mean()) if len(det) else 0.0})
+        hit = np.flatnonzero(det)
+        ids = np.asarray(emb.chip_ids).astype(str)[hit]
+        # Map rows are embedding rows; find each chip's footprint by id (the store's order need not match).
+        pos = pd.Index(geometry.chip_ids.astype(str)).get_indexer(ids)
+        keep = pos >= 0
+        points.append(pd.DataFrame({"aoi": a, "chip_id": ids[keep], "position": pos[keep],
+                                    "value": predictions[hit][keep]}))
+    st.subheader("Applied to all AOIs")
+    if not rows:
+        st.info("No AOI has embeddings of this model yet: build them on the Home page.")
+        return
+    table = pd.DataFrame(rows)
+    st.dataframe(table, hide_index=True, width="stretch",
+                 column_config={"share": st.column_config.ProgressColumn("share", format="percent", min_value=0.0,
+                                                                          max_value=1.0)})
+    frame = pd.concat(points, ignore_index=True)
+    scale = maps.color_scale("similarity", float(threshold), 1.0, title="prediction")
+    deck = maps.overview_deck(geometries, frame, scale, value_name="prediction")
+    st.pydeck_chart(deck, key=OVERVIEW_KEY, height=420)
+    drawn = min(len(frame), maps.OVERVIEW_MAX_POINTS)
+    note = "" if drawn == len(frame) else f" The {drawn:,} highest of {len(frame):,} detections are drawn."
+    simulated = set(table["data"]) == {"simulated"}
+    st.caption(f"Detections at threshold {threshold:.2f} of the map trained on {aoi}'s labels ({label_set.name}), "
+               f"applied to every AOI: each AOI's extent is a grey box, each detected chip a dot coloured by its "
+               f"prediction (threshold ← → 1).{note}" + (" Simulated AOIs." if simulated else ""))
+    if skipped:
+        st.caption(f"Not mapped (no {representation} embeddings of this model yet): {', '.join(skipped)}.")
 
 
 def colorbar_numbers(scale: maps.ColorScale) -> str:

@@ -18,7 +18,7 @@ import streamlit as st
 from core.embed import Embeddings
 from core.index import ChipIndex, query_vector, top_k
 from core.modalities import MODALITY_KEYS, get_modality
-from data.store import ChipStore
+from data.store import ChipStore, StoreError
 from ui import cache, export, maps
 from ui.errors import UserError
 from ui.gallery import show_gallery
@@ -249,6 +249,34 @@ def highlights(geometry: maps.ChipGeometry, result: SearchResult, aoi: str) -> l
     out = maps.outline_records(geometry, [result.query_position], maps.QUERY_RGBA, ["query"])
     out += maps.outline_records(geometry, here["position"].tolist(), maps.RESULT_RGBA, [f"#{r}" for r in here["rank"]])
     return out
+
+
+OVERVIEW_KEY = "sim_overview"
+
+
+def show_overview(root: str, aois: Sequence[str], aoi: str, result: SearchResult) -> None:
+    """An overview map of every AOI with the top results as dots coloured by score and the query marked."""
+    table = result.results
+    geometries = {}
+    for a in aois:
+        try:
+            geometries[a] = cache.geometry(root, a)
+        except (StoreError, OSError, ValueError):  # an unreadable store: its results cannot be placed, and the table still lists them
+            continue
+    points = table[table["aoi"].isin(list(geometries))].rename(columns={"score": "value"})
+    scores = points["value"].to_numpy(dtype=np.float64)
+    lo, hi = (float(np.nanmin(scores)), float(np.nanmax(scores))) if np.isfinite(scores).any() else (0.0, 1.0)
+    scale = maps.color_scale("similarity", lo, hi if hi > lo else lo + 1e-6, title="similarity")
+    deck = maps.overview_deck(geometries, points, scale, value_name="score",
+                              query=(aoi, result.query_position) if aoi in geometries else None)
+    st.subheader("Results across AOIs")
+    st.pydeck_chart(deck, key=OVERVIEW_KEY, height=420)
+    per_aoi = table["aoi"].value_counts()
+    found = ", ".join(f"{a}: {int(per_aoi.get(a, 0))}" for a in geometries)
+    kinds = {a: cache.store(root, a).meta.simulated for a in geometries}
+    st.caption(f"Every AOI's extent (grey box) with the top {len(table)} results as dots coloured by similarity "
+               f"(low ← → high) and the query in blue. Results per AOI: {found}."
+               + (" Simulated AOIs." if all(kinds.values()) else " Some AOIs are simulated." if any(kinds.values()) else ""))
 
 
 def show_results(root: str, aoi: str, result: SearchResult, modalities: Sequence[str]) -> None:
