@@ -253,10 +253,12 @@ def show_all_aois(root: str, aois: Sequence[str], aoi: str, model: str, represen
             continue
         geometries[a] = geometry
         # core's detection rule, on this AOI's predictions (NaN = no vector = never a detection).
-        det = detections(dataclasses.replace(result, predictions=predictions, valid=np.isfinite(predictions)), threshold)
+        det = detections(dataclasses.replace(result, predictions=predictions, valid=np.isfinite(predictions)),
+                         threshold)
         simulated = cache.store(root, a).meta.simulated
-        rows.append({"AOI": a, "data": "simulated" if simulated else "real", "chips mapped": int(np.isfinite(predictions).sum()),
-                     "detections": int(det.sum()), "share": float(det.mean()) if len(det) else 0.0})
+        rows.append({"AOI": a, "data": "simulated" if simulated else "real",
+                     "chips mapped": int(np.isfinite(predictions).sum()), "detections": int(det.sum()),
+                     "share": float(det.mean()) if len(det) else 0.0})
         hit = np.flatnonzero(det)
         ids = np.asarray(emb.chip_ids).astype(str)[hit]
         # Map rows are embedding rows; find each chip's footprint by id (the store's order need not match).

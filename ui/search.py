@@ -261,7 +261,8 @@ def show_overview(root: str, aois: Sequence[str], aoi: str, result: SearchResult
     for a in aois:
         try:
             geometries[a] = cache.geometry(root, a)
-        except (StoreError, OSError, ValueError):  # an unreadable store: its results cannot be placed, and the table still lists them
+        except (StoreError, OSError, ValueError):
+            # An unreadable store: its results cannot be placed on the map; the table still lists them.
             continue
     points = table[table["aoi"].isin(list(geometries))].rename(columns={"score": "value"})
     scores = points["value"].to_numpy(dtype=np.float64)
@@ -274,9 +275,9 @@ def show_overview(root: str, aois: Sequence[str], aoi: str, result: SearchResult
     per_aoi = table["aoi"].value_counts()
     found = ", ".join(f"{a}: {int(per_aoi.get(a, 0))}" for a in geometries)
     kinds = {a: cache.store(root, a).meta.simulated for a in geometries}
+    marked = " Simulated AOIs." if all(kinds.values()) else " Some AOIs are simulated." if any(kinds.values()) else ""
     st.caption(f"Every AOI's extent (grey box) with the top {len(table)} results as dots coloured by similarity "
-               f"(low ← → high) and the query in blue. Results per AOI: {found}."
-               + (" Simulated AOIs." if all(kinds.values()) else " Some AOIs are simulated." if any(kinds.values()) else ""))
+               f"(low ← → high) and the query in blue. Results per AOI: {found}.{marked}")
 
 
 def show_results(root: str, aoi: str, result: SearchResult, modalities: Sequence[str]) -> None:
