@@ -8,9 +8,6 @@ for the trained map's detection count. Screenshots: tests/artifacts/mapping-*.pn
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import time
 
 import pytest
@@ -22,7 +19,7 @@ from core.pipeline import build
 from data.labelsets import list_label_sets, load_label_set
 from data.readers import ingest_sen1floods11
 from data.workspace import Workspace
-from tests.test_browser import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, REPO, _free_port, _wait_healthy
+from tests.browser import ARTIFACTS, launch_browser, serve_app
 from tests.test_real_flow import FLOODS
 
 AOI = "flood_real"
@@ -44,43 +41,15 @@ def real_ws(tmp_path_factory) -> Workspace:
 @pytest.fixture(scope="module")
 def server(real_ws: Workspace):
     """streamlit run app.py on a free port, on the real workspace and the shipped checkpoint."""
-    ARTIFACTS.mkdir(exist_ok=True)
-    port = _free_port()
-    log = ARTIFACTS / "streamlit-mapping-server.log"
-    env = {**os.environ, "EO_WORKSPACE": str(real_ws.root), "EO_CHECKPOINT": SHIPPED_CHECKPOINT.name,
-           "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
-    with log.open("w") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port), "--server.headless", "true",
-             "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false"],
-            cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT,
-        )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        _wait_healthy(url, proc, log)
+    with serve_app(real_ws.root, SHIPPED_CHECKPOINT.name, "streamlit-mapping-server.log", OMP_NUM_THREADS="1") as url:
         yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
 
 
 @pytest.fixture(scope="module")
 def browser():
-    """Headless Debian chromium; a missing chromium fails, it does not skip."""
-    if not CHROMIUM.exists():
-        pytest.fail(f"{CHROMIUM} not found: install Debian's chromium (`apt-get install -y chromium`); "
-                    "never `playwright install`.", pytrace=False)
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
-        try:
-            yield b
-        finally:
-            b.close()
+    """Headless Debian chromium (WebGL through SwiftShader)."""
+    with launch_browser() as b:
+        yield b
 
 
 def _counts(ws: Workspace) -> dict[str, int]:
