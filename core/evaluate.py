@@ -754,8 +754,16 @@ def docs_page(summary: str, run: dict, command: str) -> str:
                  "The simulator's sensor models are calibrated against the real samples in `../shared/data` "
                  "(see [CALIBRATION.md](CALIBRATION.md)); the numbers say how the method does on this simulator, "
                  "not on Sentinel data.", ""]
-    head += [f"Run time: {run.get('seconds', '?')} s on this machine for {len(run.get('aois', []))} AOIs; pool per "
-             f"AOI (the 'all' budget): {run.get('pool_per_aoi', {})}.", ""]
+    head += ["Representations: `pretrained <key>` are the checkpoint's embeddings (per modality and fused); "
+             "`random-init fused` is the same architecture untrained; the cheap baselines (`core/features.py`) are "
+             "`stats` (per-channel mean, std, 10/50/90 % quantiles), `hist` (16-bin per-channel histograms over "
+             "the registry range), `hist-q` (16 equal-mass bins), `texture` (gradient statistics at two scales and "
+             "statistics of per-pixel channel differences such as VV-VH) and `combined` (all four side by side). "
+             "Every representation is fitted with the same estimator on the same draws and scored on the same "
+             "test chips.", "",
+             f"Run time: {run.get('seconds', '?')} s on this machine for {len(run.get('aois', []))} AOIs; pool per "
+             f"AOI (the 'all' budget): {run.get('pool_per_aoi', {})}. Budgets up to 1,000 fit in one AOI's pool, so "
+             "no pool larger than one AOI is needed.", ""]
     body = "\n".join(("#" + line) if line.startswith("#") else line for line in summary.splitlines()[1:])
     return "\n".join(head) + body.lstrip("\n") + "\n"
 
