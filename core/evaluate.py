@@ -698,7 +698,7 @@ def run_evaluation(ws: Workspace, *, aois: Sequence[str] | None = None,
     missing = [a for a in aois if a not in ws.list_stores()]
     if missing:
         raise EvaluationError(f"no store for AOI(s) {missing} in {ws.stores_dir}; known: {ws.list_stores()}")
-    run_name = run_name or f"{'+'.join(names)}-{estimator}"
+    run_name = run_name or f"{'_'.join(names)}-{estimator}"
     out = ws.artifact_dir("evaluations", run_name)
     t0 = time.perf_counter()
     results, dropouts, timings, chips = [], [], {}, {}
@@ -821,7 +821,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         repeats = 3 if args.quick else args.repeats
         split_seeds = args.split_seeds or ([args.seed] if args.quick else None)
         dropout_budget = min(args.dropout_budget, 100) if args.quick else args.dropout_budget
-        name = "+".join(model_name_of(c) for c in checkpoints)
+        name = "_".join(model_name_of(c) for c in checkpoints)
         out = run_evaluation(Workspace(args.workspace), aois=args.aoi, checkpoint=checkpoints,
                              run_name=args.run_name or (f"{name}-{args.estimator}-quick" if args.quick else None),
                              budgets=budgets, repeats=repeats, estimator=args.estimator, seed=args.seed,

@@ -112,9 +112,10 @@ def test_two_checkpoints_and_representation_subset(tiny_ws, tmp_path):
     import shutil
 
     shutil.copytree(ckpt, other)
-    out = run_evaluation(ws, checkpoint=[ckpt, other], run_name="two", budgets=(5,), repeats=2, tasks=["cropland"],
+    out = run_evaluation(ws, checkpoint=[ckpt, other], budgets=(5,), repeats=2, tasks=["cropland"],
                          split_seeds=[0, 1], block=2, representations=["fused", "hist"], dropout=False,
                          progress=False)
+    assert out.name == "ckpt-test_ckpt-two-ridge"  # the default run name is a valid workspace folder name
     res = pd.read_csv(out / "results.csv")
     assert set(res.series) == {"pretrained[ckpt-test] fused", "pretrained[ckpt-two] fused", "hist"}
     assert (res.split_seeds == 2).all()
