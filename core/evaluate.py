@@ -765,7 +765,7 @@ def docs_page(summary: str, run: dict, command: str) -> str:
              f"AOI (the 'all' budget): {run.get('pool_per_aoi', {})}. Budgets up to 1,000 fit in one AOI's pool, so "
              "no pool larger than one AOI is needed.", ""]
     body = "\n".join(("#" + line) if line.startswith("#") else line for line in summary.splitlines()[1:])
-    return "\n".join(head) + body.lstrip("\n") + "\n"
+    return "\n".join(head) + "\n" + body.lstrip("\n") + "\n"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
