@@ -245,7 +245,7 @@ def cached_baselines(ws: Workspace, store: ChipStore, kinds: Sequence[str], *,
                 if all(k in z.files for k in kinds):
                     return {k: z[k] for k in kinds}
         except (OSError, ValueError):
-            pass
+            pass  # an unreadable cache file is recomputed below and rewritten atomically
     feats = baseline_features(store, BASELINES, progress=progress)
     import io
 
