@@ -51,7 +51,7 @@ from core.embed import (
     model_name_of,
 )
 from core.features import BASELINES, baseline_features
-from core.modalities import LABEL_TASKS
+from data.modalities import LABEL_TASKS
 from core.probes import ESTIMATORS, ProbeError, blocked_split, fit_probe, standardise
 from data.atomic import atomic_write_bytes, atomic_write_json, atomic_write_text
 from data.store import ChipStore

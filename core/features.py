@@ -13,7 +13,7 @@ More cheap baselines for the evaluation (`baseline_features` computes them all i
 each is NaN-free, per channel a block of features plus the presence flag, z-scored like the statistics):
 
 - `hist`: per-channel histograms, `HIST_BINS` bins, the fraction of the chip's finite pixels per bin; the
-  bins split each channel's registry valid range (`core.modalities`) evenly, values outside go to the end
+  bins split each channel's registry valid range (`data.modalities`) evenly, values outside go to the end
   bins. `hist-q`: the same with equal-mass bins, the pixel quantiles of that channel over a spread sample
   of the AOI's chips (no labels used). Neither dominates: fixed bins keep the tails (bright built-up,
   dark water) apart, equal-mass bins resolve the bulk (vegetation, cropland), so both are baselines.
@@ -31,7 +31,7 @@ from typing import Mapping, Sequence
 import numpy as np
 from tqdm import tqdm
 
-from core.modalities import get_modality
+from data.modalities import get_modality
 from data.store import ChipStore
 
 STATISTICS: tuple[str, ...] = ("mean", "std", "q10", "q50", "q90")

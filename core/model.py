@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from core.modalities import MODALITY_KEYS, get_modality
+from data.modalities import MODALITY_KEYS, get_modality
 
 
 POOLING = ("cls", "mean")

@@ -1,6 +1,6 @@
 """Few-shot probes: fit a classical estimator on n labelled chips and score it on a fixed held-out split.
 
-A *task* is a label column of the chip store (`core.modalities.LABEL_TASKS`: fractions in [0, 1], NaN
+A *task* is a label column of the chip store (`data.modalities.LABEL_TASKS`: fractions in [0, 1], NaN
 unknown). The protocol, deterministic given `seed`:
 
 1. `split_pool_test` splits the chips with a finite label and finite features once into a training
@@ -29,7 +29,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import f1_score
 from sklearn.neighbors import KNeighborsRegressor
 
-from core.modalities import LABEL_TASKS
+from data.modalities import LABEL_TASKS
 
 ESTIMATORS: tuple[str, ...] = ("ridge", "random_forest", "knn", "logistic")
 REGRESSION_METRICS: tuple[str, ...] = ("r2", "mae", "pearson_r")

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from core.modalities import MODALITIES, get_modality
+from data.modalities import MODALITIES, get_modality
 from data.store import ChipStore
 
 

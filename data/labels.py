@@ -41,7 +41,7 @@ from rasterio.enums import Resampling
 from rasterio.warp import reproject
 from tqdm import tqdm
 
-from core.modalities import LABEL_TASKS
+from data.modalities import LABEL_TASKS
 from data.atomic import atomic_write_json, temp_sibling
 from data.geotiff import IngestError, bounds_to, inspect_raster
 from data.store import ChipStore, StoreError

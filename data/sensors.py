@@ -24,7 +24,7 @@ from typing import Sequence
 import numpy as np
 from scipy.ndimage import gaussian_filter
 
-from core.modalities import get_modality
+from data.modalities import get_modality
 from data.landcover import (
     BARE,
     BUILTUP,

@@ -27,7 +27,7 @@ import shapely
 from pyproj import Transformer
 from tqdm import tqdm
 
-from core.modalities import LABEL_TASKS, MODALITIES, MODALITY_KEYS
+from data.modalities import LABEL_TASKS, MODALITIES, MODALITY_KEYS
 from data.landcover import (
     AOI_PROFILES,
     BARE,

@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 import zarr
 
-from core.modalities import LABEL_TASKS, MODALITY_KEYS, get_modality
+from data.modalities import LABEL_TASKS, MODALITY_KEYS, get_modality
 from data.atomic import atomic_write_json, replace_dir, temp_sibling
 
 STORE_FORMAT_VERSION = 1

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from core.modalities import LABEL_TASKS, MODALITY_KEYS
+from data.modalities import LABEL_TASKS, MODALITY_KEYS
 from ui import cache, charts, maps, search, state
 from ui.errors import UserError, page_guard
 from ui.gallery import show_gallery

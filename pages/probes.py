@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import streamlit as st
 
-from core.modalities import LABEL_TASKS, get_modality
+from data.modalities import LABEL_TASKS, get_modality
 from ui import cache, charts, maps, probing, state
 from ui.errors import UserError, page_guard
 

@@ -6,7 +6,7 @@ import functools
 
 import streamlit as st
 
-from core.modalities import LABEL_TASKS
+from data.modalities import LABEL_TASKS
 from ui import cache, labelling, maps, search, state
 from ui.errors import UserError, page_guard
 

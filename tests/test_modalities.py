@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from core.modalities import LABEL_TASKS, MODALITIES, MODALITY_KEYS, get_modality
+from data.modalities import LABEL_TASKS, MODALITIES, MODALITY_KEYS, get_modality
 
 
 def test_registry_contents():
@@ -35,22 +35,3 @@ def test_normalise_keeps_nan_and_standardises():
     assert np.isnan(z[0, 0, 0]) and z[0, 1, 1] == 0.0 and np.isclose(z[1, 0, 0], 1.0)
     with pytest.raises(ValueError, match="channels"):
         m.normalise(x, ["VV"])
-
-
-@pytest.mark.parametrize("key", MODALITY_KEYS)
-def test_to_rgb_any_modality(key):
-    m = get_modality(key)
-    rng = np.random.default_rng(0)
-    lo, hi = m.valid_range
-    x = rng.uniform(lo, min(hi, lo + (hi - lo) / 2), size=(len(m.channels), 16, 16)).astype(np.float32)
-    x[:, 0, 0] = np.nan
-    rgb = m.to_rgb(x)
-    assert rgb.shape == (16, 16, 3) and rgb.dtype == np.uint8
-    assert (rgb[0, 0] == 128).all()  # missing pixels drawn mid-grey
-
-
-def test_sar_false_colour_water_darker_than_urban():
-    m = get_modality("s1amp")
-    water = np.stack([np.full((4, 4), -22.0), np.full((4, 4), -29.0)])
-    urban = np.stack([np.full((4, 4), 0.0), np.full((4, 4), -8.0)])
-    assert m.to_rgb(water).mean() < m.to_rgb(urban).mean()

@@ -13,7 +13,7 @@ import pytest
 import shapely
 from pyproj import Transformer
 
-from core.modalities import LABEL_TASKS, MODALITY_KEYS
+from data.modalities import LABEL_TASKS, MODALITY_KEYS
 from data.landcover import (
     AOI_PROFILES,
     BARE,

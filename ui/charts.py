@@ -8,7 +8,7 @@ import altair as alt
 import numpy as np
 import pandas as pd
 
-from core.modalities import LABEL_TASKS
+from data.modalities import LABEL_TASKS
 
 POINT_SELECTION = "picked"
 BRUSH_SELECTION = "brush"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import geopandas as gpd
 import pandas as pd
 
-from core.modalities import LABEL_TASKS
+from data.modalities import LABEL_TASKS
 
 EXPORT_COLUMNS = ("rank", "aoi", "chip_id", "score", "simulated", *LABEL_TASKS)
 

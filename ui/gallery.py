@@ -8,7 +8,8 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from core.modalities import MODALITY_KEYS, get_modality
+from data.modalities import MODALITY_KEYS, get_modality
+from ui.render import chip_to_rgb
 from data.store import ChipStore
 
 _MISSING_GREY = 128
@@ -34,7 +35,7 @@ def thumbnails(store: ChipStore, positions: Sequence[int], modality: str) -> lis
     channels = store.channels(modality)
     block = store.read(modality, np.asarray(positions))  # [n, C, H, W], one batched Zarr read
     present = store.available(modality)[positions]
-    return [mod.to_rgb(chip, channels) if ok else missing_tile(size) for chip, ok in zip(block, present)]
+    return [chip_to_rgb(mod, chip, channels) if ok else missing_tile(size) for chip, ok in zip(block, present)]
 
 
 def show_gallery(

@@ -27,7 +27,7 @@ import pandas as pd
 import pydeck as pdk
 import shapely
 
-from core.modalities import LABEL_TASKS
+from data.modalities import LABEL_TASKS
 
 CHIP_LAYER = "chips"
 """Layer id of the clickable chip polygons: clicked chips are in `selection["objects"][CHIP_LAYER]`."""

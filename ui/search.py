@@ -17,7 +17,7 @@ import streamlit as st
 
 from core.embed import Embeddings
 from core.index import ChipIndex, query_vector, top_k
-from core.modalities import MODALITY_KEYS, get_modality
+from data.modalities import MODALITY_KEYS, get_modality
 from data.store import ChipStore, StoreError
 from ui import cache, export, maps
 from ui.errors import UserError

@@ -33,7 +33,7 @@ from rasterio.crs import CRS
 from rasterio.enums import Resampling
 from rasterio.warp import calculate_default_transform
 
-from core.modalities import get_modality
+from data.modalities import get_modality
 from data.geotiff import (
     ChipGrid,
     Grid,

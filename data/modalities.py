@@ -1,17 +1,15 @@
-"""The modality registry: every sensor the system knows, its channels, units, ranges and rendering.
+"""The modality registry: every sensor the system knows, its channels, units, ranges and normalisation.
 
 This module is a leaf (it imports nothing from the project) so that `data`, `training`, `core` and
-the app can all ask it; modality names and channel semantics are never hard-coded elsewhere.
+the app can all ask it (it is the lowest layer; rendering lives in `ui.render`); modality names and channel semantics are never hard-coded elsewhere.
 
 Channel lists are configuration: a store or a model config may carry any list of channel names for
-a modality (for example seasonal `VV_winter`, `VV_summer`, ...). Statistics and rendering look a
+a modality (for example seasonal `VV_winter`, `VV_summer`, ...). Statistics look a
 channel up by its *base name*, the part before the first underscore for SAR (`VV_winter` -> `VV`),
 so new seasonal or baseline variants need no code.
 """
 
 from __future__ import annotations
-
-import warnings
 
 from dataclasses import dataclass, field
 from typing import Sequence
@@ -39,7 +37,7 @@ class ChannelStats:
 
 @dataclass(frozen=True)
 class Modality:
-    """One sensor modality: its default channels, units, valid range and how to show it."""
+    """One sensor modality: its default channels, units, valid range and statistics."""
 
     key: str
     title: str
@@ -87,43 +85,6 @@ class Modality:
             raise ValueError(f"{self.key}: duplicate channel names in {list(channels)}")
         for c in channels:
             self.base_channel(c)
-
-    def to_rgb(self, x: np.ndarray, channels: Sequence[str] | None = None) -> np.ndarray:
-        """Render one chip `[C, H, W]` in physical units to an RGB thumbnail `[H, W, 3]` uint8.
-
-        Optical is true colour with a reflectance stretch; SAR is the usual false colour (R=VV, G=VH,
-        B=VV-VH in dB); coherence maps its first/last baselines to R/G and their mean to B. NaN
-        pixels (clouds, nodata) are drawn mid-grey so missing data is visible, not black.
-        """
-        channels = list(channels or self.channels)
-        x = np.asarray(x, dtype=np.float32)
-        if x.ndim != 3 or x.shape[0] != len(channels):
-            raise ValueError(f"{self.key}: expected [C={len(channels)}, H, W], got {x.shape}")
-        bases = [self.base_channel(c) for c in channels]
-
-        def first(base: str) -> np.ndarray | None:
-            return x[bases.index(base)] if base in bases else None
-
-        if self.key == "s2rgb":
-            planes = [first(b) for b in ("B4", "B3", "B2")]
-            with np.errstate(invalid="ignore"), warnings.catch_warnings():
-                warnings.simplefilter("ignore", RuntimeWarning)  # an all-NaN pixel (cloud mask) stays NaN
-                fill = np.nanmean([p for p in planes if p is not None], axis=0)
-            rgb = np.stack([p if p is not None else fill for p in planes], axis=-1)
-            rgb = np.clip(rgb / 0.3, 0, 1) ** (1 / 1.6)
-        elif self.key == "s1amp":
-            vv, vh = first("VV"), first("VH")
-            vv = vv if vv is not None else vh + 7.0
-            vh = vh if vh is not None else vv - 7.0
-            r = (vv + 25.0) / 25.0
-            g = (vh + 32.0) / 27.0
-            b = (vv - vh) / 15.0
-            rgb = np.clip(np.stack([r, g, b], axis=-1), 0, 1)
-        else:
-            lo, hi = x[0], x[-1]
-            rgb = np.clip(np.stack([lo, hi, x.mean(axis=0)], axis=-1), 0, 1)
-        out = np.nan_to_num(rgb * 255.0, nan=128.0)
-        return out.astype(np.uint8)
 
 
 MODALITIES: dict[str, Modality] = {
