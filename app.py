@@ -11,8 +11,10 @@ import logging
 import pandas as pd
 import streamlit as st
 
+from core import pipeline
 from ui import cache, state
 from ui.errors import page_guard
+from ui.text import md_escape
 
 logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
@@ -69,17 +71,20 @@ def _model_card(ctx: state.AppContext) -> None:
     c1.metric("Parameters", f"{int(meta['params']):,}" if "params" in meta else "n/a")
     c2.metric("Embedding dim", cfg.get("embed_dim", "n/a"))
     c3.metric("Chip size", f"{cfg.get('chip_size', '?')} px / patch {cfg.get('patch_size', '?')}")
-    towers = ", ".join(f"{m} ({', '.join(ch)})" for m, ch in (cfg.get("channels") or {}).items())
+    # Every field below comes from the checkpoint's files: escaped so that Markdown/HTML in them shows as text.
+    towers = ", ".join(f"{md_escape(m)} ({', '.join(md_escape(c) for c in ch)})"
+                       for m, ch in (cfg.get("channels") or {}).items())
     st.markdown(
-        f"**{cfg.get('name', ctx.checkpoint.name)}**: one ViT tower per modality (width {cfg.get('width')}, depth "
-        f"{cfg.get('depth')}, {cfg.get('heads')} heads) over {towers}; fused embedding = normalised mean of the present modalities."
+        f"**{md_escape(cfg.get('name', ctx.checkpoint.name))}**: one ViT tower per modality (width "
+        f"{md_escape(cfg.get('width'))}, depth {md_escape(cfg.get('depth'))}, {md_escape(cfg.get('heads'))} heads) over "
+        f"{towers}; fused embedding = normalised mean of the present modalities."
     )
     if data:
-        aois = ", ".join(map(str, data.get("aois", []))) or "n/a"
-        seeds = ", ".join(map(str, data.get("seeds", []))) or "n/a"
+        aois = ", ".join(md_escape(a) for a in data.get("aois", [])) or "n/a"
+        seeds = ", ".join(md_escape(s) for s in data.get("seeds", [])) or "n/a"
         kind = "SIMULATED" if simulated else "real"
         st.markdown(
-            f"Training data ({kind}): {data.get('source', 'n/a')}; AOIs {aois}; seeds {seeds}"
+            f"Training data ({kind}): {md_escape(data.get('source', 'n/a'))}; AOIs {aois}; seeds {seeds}"
             + (f"; {int(data['train_chips']):,} training chips" if "train_chips" in data else "")
             + (f"; {meta['step']:,} steps" if isinstance(meta.get("step"), int) else "")
             + "."
@@ -109,8 +114,6 @@ def _retrieval_rows(meta: dict) -> list[dict]:
 
 
 def _pipeline(ctx: state.AppContext) -> None:
-    from core import pipeline
-
     st.subheader("Pipeline")
     # A workspace with stores is about those stores (real ones included); an empty one gets the demo AOIs.
     aois = ctx.aois or None
@@ -118,7 +121,7 @@ def _pipeline(ctx: state.AppContext) -> None:
     if ctx.checkpoint is None:
         st.caption("Without a checkpoint only the stores can be built.")
     build_steps = [s for s in steps if s in pipeline.DEFAULT_STEPS]
-    table = pipeline.status(ctx.workspace, aois=aois, checkpoint=ctx.checkpoint or pipeline.SHIPPED_CHECKPOINT, steps=steps)
+    table = cache.pipeline_status(ctx.root, aois, ctx.checkpoint, steps)
     todo = table[(table["state"] != "built") & table["step"].isin(build_steps)]
     label = f"Build missing steps ({len(todo)})" if len(todo) else "Everything is built"
     if st.button(label, key="home_build", type="primary", disabled=todo.empty,
@@ -126,7 +129,7 @@ def _pipeline(ctx: state.AppContext) -> None:
         _build(ctx, aois, build_steps)
         if not ctx.aois:
             st.rerun()  # new stores: redraw the sidebar's AOI picker
-        table = pipeline.status(ctx.workspace, aois=aois, checkpoint=ctx.checkpoint or pipeline.SHIPPED_CHECKPOINT, steps=steps)
+        table = cache.pipeline_status(ctx.root, aois, ctx.checkpoint, steps)
     wide = table.pivot(index="aoi", columns="step", values="state").reindex(columns=steps)
     st.dataframe(wide.map(lambda v: {"built": "✅ built", "missing": "⬜ missing", "stale": "🔄 stale"}.get(v, v)), width="stretch")
     with st.expander("Details"):
@@ -137,13 +140,11 @@ def _pipeline(ctx: state.AppContext) -> None:
 
 def _build(ctx: state.AppContext, aois: list[str] | None, steps: list[str]) -> None:
     """Run core.pipeline.build with a live progress bar; errors end up in page_guard's message."""
-    from core import pipeline
-
     with st.status("Building the missing steps…", expanded=True) as box:
         bar = st.progress(0.0, text="starting")
 
-        def report(step: str, fraction: float, message: str) -> None:
-            bar.progress(fraction, text=f"{step}: {message}")
+        def report(fraction: float, message: str) -> None:
+            bar.progress(fraction, text=message)
 
         try:
             actions = pipeline.build(ctx.workspace, aois, steps, progress_cb=report,

@@ -1,7 +1,7 @@
 """Server-side click-to-results time of the similarity page, for 10 K and 150 K chips, vs a naive baseline.
 
 What one click costs on the server, timed stage by stage exactly as pages/similarity.py runs them:
-the query vector lookup and the search (`ui.search.search_chips`: Rocchio query, every chip's score
+the query vector lookup and the search (`core.search.search_chips`: Rocchio query, every chip's score
 for the map colours, the exact top-k in the query's AOI from those scores, FAISS top-k in the other
 AOIs (timed apart as `index_search_per_other_aoi`: the FAISS search of one more AOI of the same size,
 not in `total`)), the map layer data and the deck JSON that Streamlit sends
@@ -40,7 +40,7 @@ from core.index import ChipIndex, top_k
 from data.simulate import simulate_store
 from ui import maps
 from ui.gallery import thumbnails
-from ui.search import SearchRequest, search_chips
+from core.search import SearchRequest, search_chips
 
 MODALITIES = ("s2rgb", "s1amp", "coh")
 

@@ -27,7 +27,7 @@ import zipfile
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -38,16 +38,13 @@ from core.model import ModelConfig, MultiModalViT, fuse
 from data.atomic import atomic_dir, atomic_write_bytes, atomic_write_json
 from data.dataset import ChipDataset, to_model_channels
 from data.store import ChipStore
-from data.workspace import Workspace
+from core.progress import ProgressCallback
+from data.workspace import SCENARIO_FULL, SCENARIO_RANDOM, Workspace, drop_scenario, parse_scenario
 
 FORMAT_VERSION = 1
-SCENARIO_FULL = "full"
-SCENARIO_RANDOM = "random-init"
-DROP_PREFIX = "drop-"
 DEFAULT_SHARD_CHIPS = 1024
 DEFAULT_BATCH_SIZE = 256
 RANDOM_INIT_SEED = 0
-ProgressCallback = Callable[[float, str], None]
 
 
 class EmbeddingError(Exception):
@@ -102,26 +99,9 @@ class Embeddings:
 
 
 # ----------------------------------------------------------------------------------------- scenarios
-def parse_scenario(scenario: str) -> dict[str, list[str]]:
-    """Channels dropped by a scenario name (`drop-s1amp-VH` -> {"s1amp": ["VH"]}); {} for full/random-init."""
-    if scenario in (SCENARIO_FULL, SCENARIO_RANDOM):
-        return {}
-    if scenario.startswith(DROP_PREFIX):
-        rest = scenario[len(DROP_PREFIX):]
-        if "-" in rest:
-            mod, chans = rest.split("-", 1)
-            channels = [c for c in chans.split("+") if c]
-            if mod and channels:
-                return {mod: channels}
-    raise ValueError(
-        f"unknown scenario {scenario!r}: use 'full', 'random-init' or 'drop-<modality>-<channel>' "
-        "(e.g. drop-s1amp-VH; several channels of one modality as drop-coh-VV_12d+VV_36d)"
-    )
-
-
 def drop_scenarios(cfg: ModelConfig) -> list[str]:
     """Every single-channel dropout scenario of a model config (`drop-<mod>-<channel>`)."""
-    return [f"{DROP_PREFIX}{m}-{c}" for m, chans in cfg.channels.items() for c in chans]
+    return [drop_scenario(m, [c]) for m, chans in cfg.channels.items() for c in chans]
 
 
 def _validate_drop(cfg: ModelConfig, drop: Mapping[str, Sequence[str]] | None) -> dict[str, list[str]]:
@@ -291,7 +271,7 @@ def ids_digest(chip_ids: Sequence[str] | np.ndarray) -> str:
 
 def embeddings_dir(ws: Workspace, aoi: str, model_name: str = "tiny-sim", scenario: str = SCENARIO_FULL) -> Path:
     """Folder of one AOI x model x scenario's embeddings."""
-    return ws.artifact_dir("embeddings", aoi, model_name, scenario)
+    return ws.embeddings_dir(aoi, model_name, scenario)
 
 
 def load_model(checkpoint: str | Path, scenario: str = SCENARIO_FULL, device: str | torch.device = "cpu") -> MultiModalViT:
@@ -414,6 +394,7 @@ def embed_aoi(
     overwrite: bool = False,
     progress: bool = True,
     progress_cb: ProgressCallback | None = None,
+    store: ChipStore | None = None,
 ) -> Path:
     """Embed an AOI store into the workspace (resumable, torchrun-shardable); skips up-to-date output."""
     drop = parse_scenario(scenario)
@@ -421,7 +402,7 @@ def embed_aoi(
         raise ValueError(f"shard_chips must be >= 1, got {shard_chips}")
     checkpoint = Path(checkpoint)
     model_name = model_name or model_name_of(checkpoint)
-    store = ws.open_store(aoi)
+    store = store or ws.open_store(aoi)  # the pipeline passes the store it already opened
     out = embeddings_dir(ws, aoi, model_name, scenario)
     state, _ = embeddings_state(ws, aoi, checkpoint, scenario, store, model_name=model_name)
     if state == "built" and not overwrite:

@@ -34,7 +34,7 @@ import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
 import numpy as np
 import pandas as pd
@@ -52,10 +52,11 @@ from core.embed import (
 )
 from core.features import BASELINES, baseline_features
 from data.modalities import LABEL_TASKS
-from core.probes import ESTIMATORS, ProbeError, blocked_split, fit_probe, standardise
+from core.probes import ESTIMATORS, ProbeError, blocked_split, budget_label, fit_probe, standardise
+from core.progress import ProgressCallback
 from data.atomic import atomic_write_bytes, atomic_write_json, atomic_write_text
 from data.store import ChipStore
-from data.workspace import Workspace
+from data.workspace import Workspace, parse_scenario
 
 DEFAULT_BUDGETS: tuple[int | None, ...] = (5, 10, 25, 50, 100, 250, 500, 1000, None)
 QUICK_BUDGETS: tuple[int | None, ...] = (10, 100, None)
@@ -77,16 +78,10 @@ RATIO_BUDGET = "250"
 RATIO_TARGET = 0.95
 FEATURES_VERSION = 2
 METRICS = ("r2", "pearson_r", "mae")
-ProgressCallback = Callable[[float, str], None]
 
 
 class EvaluationError(Exception):
     """The evaluation cannot run (no stores, bad budgets): the message says the fix."""
-
-
-def budget_label(budget: int | None) -> str:
-    """'all' for the full-label budget, else the number."""
-    return "all" if budget is None else str(int(budget))
 
 
 def parse_budgets(items: Sequence[str]) -> tuple[int | None, ...]:
@@ -129,17 +124,6 @@ def observability(y: np.ndarray) -> tuple[bool, str]:
     std, n_pos = float(np.std(v)), int((v > PRESENCE_THRESHOLD).sum())
     ok = std > OBSERVABLE_STD and n_pos >= OBSERVABLE_MIN_CHIPS
     return ok, f"std {std:.3f}, {n_pos} chips > {PRESENCE_THRESHOLD:g}"
-
-
-def _impute(x: np.ndarray) -> np.ndarray:
-    """Column means for NaN features (a chip missing a modality), zeros for all-NaN columns."""
-    x = np.asarray(x, dtype=np.float32).copy()
-    with np.errstate(all="ignore"):
-        means = np.nanmean(np.where(np.isfinite(x), x, np.nan), axis=0)
-    means = np.nan_to_num(means)
-    bad = ~np.isfinite(x)
-    x[bad] = np.take(means, np.nonzero(bad)[1])
-    return x
 
 
 # ----------------------------------------------------------------------------------------- splits and probes
@@ -238,7 +222,7 @@ def cached_baselines(ws: Workspace, store: ChipStore, kinds: Sequence[str], *,
     kinds = [k for k in kinds if k in BASELINES]
     if not kinds:
         return {}
-    path = ws.artifact_dir("evaluations", "_features", store.meta.aoi) / f"baselines-{_store_key(store)}.npz"
+    path = ws.features_cache_dir(store.meta.aoi) / f"baselines-{_store_key(store)}.npz"
     if path.is_file():
         try:
             with np.load(path) as z:
@@ -373,7 +357,7 @@ def dropout_table(ws: Workspace, aoi: str, *, checkpoint: Path, budget: int, rep
             variants.append((f"modality {mod}", "fused", *full.fused_without([mod])))
     if channels:
         for scenario in drop_scenarios(read_config(checkpoint)):
-            mod = scenario.split("-")[1]
+            (mod,) = parse_scenario(scenario)
             if not store.has_modality(mod):
                 continue
             embed_aoi(ws, aoi, checkpoint, scenario, progress=progress)
@@ -699,7 +683,7 @@ def run_evaluation(ws: Workspace, *, aois: Sequence[str] | None = None,
     if missing:
         raise EvaluationError(f"no store for AOI(s) {missing} in {ws.stores_dir}; known: {ws.list_stores()}")
     run_name = run_name or f"{'_'.join(names)}-{estimator}"
-    out = ws.artifact_dir("evaluations", run_name)
+    out = ws.evaluation_dir(run_name)
     t0 = time.perf_counter()
     results, dropouts, timings, chips = [], [], {}, {}
     split_kw = dict(split_seeds=seeds, block=block, buffer=buffer, test_fraction=test_fraction)

@@ -43,6 +43,7 @@ from sklearn.preprocessing import StandardScaler
 from core.checkpoint import code_version
 from core.embed import EmbeddingError, checkpoint_sha, load_embeddings
 from core.probes import KNN_K, RF_TREES, RIDGE_ALPHAS
+from data.atomic import atomic_write_bytes
 from data.labelsets import (
     LabelSet,
     LabelSetError,
@@ -484,8 +485,6 @@ def _cmd_train(args: argparse.Namespace) -> int:
         prov = map_provenance(checkpoint=Path(ckpt) if ckpt else None, representation=args.representation,
                               modalities=modalities, label_set=label_set, result=result, threshold=threshold,
                               store=store)
-        from data.atomic import atomic_write_bytes
-
         atomic_write_bytes(out, export_map(result, store, label_set, threshold=threshold, provenance=prov, fmt=fmt,
                                            detections_only=args.detections_only))
         print(f"wrote {out} ({fmt}{', simulated data' if store.meta.simulated else ''})")

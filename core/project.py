@@ -19,13 +19,15 @@ import io
 import json
 import re
 from datetime import datetime, timezone
+from importlib.metadata import version
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
 
 from data.atomic import atomic_write_bytes, atomic_write_json
-from data.workspace import Workspace
+from core.embed import EmbeddingError, Embeddings, load_embeddings
+from data.workspace import ALL_AOIS, SCENARIO_FULL, Workspace
 
 FORMAT_VERSION = 1
 _SAFE_KEY = re.compile(r"^[A-Za-z0-9_.-]+$")
@@ -69,24 +71,29 @@ def _array_digest(a: np.ndarray) -> str:
 
 def _load_source(ws: Workspace, aoi: str, model_name: str, key: str, scenario: str) -> tuple[np.ndarray, np.ndarray, dict]:
     """(vectors, present, fingerprint) of one embeddings key from the workspace (core.embed)."""
-    from core.embed import EmbeddingError, load_embeddings
-
     try:
         emb = load_embeddings(ws, aoi, model_name, scenario)
     except EmbeddingError as e:
         raise ProjectionError(str(e)) from e
+    return _from_embeddings(emb, aoi, model_name, key, scenario)
+
+
+def _embeddings_fingerprint(m: dict) -> dict:
+    """What a projection was made from, read from the embeddings' meta.json alone (no vectors loaded)."""
+    return {"source": "embeddings", "source_sha": m.get("source_sha"), "chip_ids_digest": m.get("chip_ids_digest"),
+            "embeddings_created": m.get("created"), "n": int(m.get("n_chips", -1)), "dim": int(m.get("dim", -1))}
+
+
+def _from_embeddings(emb: Embeddings, aoi: str, model_name: str, key: str, scenario: str) -> tuple[np.ndarray, np.ndarray, dict]:
     if key not in emb.vectors:
         raise ProjectionError(f"no {key!r} embeddings for AOI {aoi!r} ({model_name}, {scenario}); keys held: {emb.keys}")
     vectors, present = emb.get(key)
-    m = emb.meta
-    fp = {"source": "embeddings", "source_sha": m.get("source_sha"), "chip_ids_digest": m.get("chip_ids_digest"),
-          "embeddings_created": m.get("created"), "n": int(len(vectors)), "dim": int(vectors.shape[1])}
-    return vectors, present, fp
+    return vectors, present, _embeddings_fingerprint({**emb.meta, "n_chips": len(vectors), "dim": vectors.shape[1]})
 
 
-def projection_dir(ws: Workspace, aoi: str, model_name: str, scenario: str = "full") -> Path:
-    """Folder of an AOI x model x scenario's projections."""
-    return ws.artifact_dir("projections", aoi, model_name, scenario)
+def projection_dir(ws: Workspace, aoi: str, model_name: str, scenario: str = SCENARIO_FULL) -> Path:
+    """Folder of an AOI x model x scenario's projections (`Workspace.projection_dir`)."""
+    return ws.projection_dir(aoi, model_name, scenario)
 
 
 def _read_meta(d: Path) -> dict:
@@ -101,31 +108,47 @@ def _params(seed: int | None, n_neighbors: int, min_dist: float) -> dict:
             "format_version": FORMAT_VERSION}
 
 
-def projection_state(ws: Workspace, aoi: str, model_name: str, key: str = "fused", scenario: str = "full") -> tuple[str, str]:
+def projection_state(ws: Workspace, aoi: str, model_name: str, key: str = "fused", scenario: str = SCENARIO_FULL) -> tuple[str, str]:
     """(built / missing / stale, detail) of the cached default UMAP of one embeddings key, as project_aoi would judge it."""
     d = projection_dir(ws, aoi, model_name, scenario)
     entry = _read_meta(d).get(key)
     if not entry or not (d / f"{key}.npy").is_file():
         return "missing", f"no UMAP of the {key} embeddings yet"
     try:
-        _, _, fp = _load_source(ws, aoi, model_name, key, scenario)
-    except ProjectionError:
+        emb_meta = json.loads((ws.embeddings_dir(aoi, model_name, scenario) / "meta.json").read_text())
+    except (OSError, ValueError):
         return "missing", "needs the embeddings first"
-    if entry.get("fingerprint") != fp or entry.get("params") != _params(0, 15, 0.1):
+    if key not in emb_meta.get("keys", []):
+        return "missing", f"the embeddings hold no {key!r} vectors"
+    if entry.get("fingerprint") != _embeddings_fingerprint(emb_meta) or entry.get("params") != _params(0, 15, 0.1):
         return "stale", "the UMAP predates the current embeddings"
     return "built", f"UMAP of {entry.get('n_fitted', '?')} {key} embeddings"
 
 
-def project_aoi(ws: Workspace, aoi: str, model_name: str, key: str = "fused", scenario: str = "full", *,
+def project_joint(ws: Workspace, embeddings: "Mapping[str, Embeddings]", model_name: str, key: str = "fused",
+                  **kwargs: Any) -> np.ndarray:
+    """One UMAP of several AOIs' embeddings `[sum N, 2]`: rows AOI by AOI (in the mapping's order), each in store
+    order; stored under the joint projection folder (`ALL_AOIS`) and cached by content, so a rebuilt AOI recomputes it."""
+    embs = list(embeddings.values())
+    vectors = np.concatenate([e.get(key)[0] for e in embs])
+    present = np.concatenate([e.get(key)[1] for e in embs])
+    ids = np.concatenate([[f"{a}:{c}" for c in e.chip_ids] for a, e in embeddings.items()])
+    return project_aoi(ws, ALL_AOIS, model_name, key, vectors=vectors, present=present, chip_ids=ids, **kwargs)
+
+
+def project_aoi(ws: Workspace, aoi: str, model_name: str, key: str = "fused", scenario: str = SCENARIO_FULL, *,
                 vectors: np.ndarray | None = None, present: np.ndarray | None = None,
-                chip_ids: np.ndarray | None = None, seed: int = 0, n_neighbors: int = 15, min_dist: float = 0.1,
+                chip_ids: np.ndarray | None = None, embeddings: Embeddings | None = None, seed: int = 0, n_neighbors: int = 15, min_dist: float = 0.1,
                 recompute: bool = False) -> np.ndarray:
     """Cached UMAP `[N, 2]` of one AOI's embeddings key (NaN rows where absent); recomputed when the source changed.
 
     By default the vectors come from `core.embed.load_embeddings`; pass `vectors` (and optionally
-    `present`, `chip_ids`) to project a matrix directly, fingerprinted by its content.
+    `present`, `chip_ids`) to project a matrix directly, fingerprinted by its content; pass `embeddings`
+    (already loaded) to skip reading them again.
     """
-    if vectors is None:
+    if embeddings is not None:
+        vectors, present, fp = _from_embeddings(embeddings, aoi, model_name, key, scenario)
+    elif vectors is None:
         vectors, present, fp = _load_source(ws, aoi, model_name, key, scenario)
     else:
         vectors = np.asarray(vectors)
@@ -162,8 +185,6 @@ def project_aoi(ws: Workspace, aoi: str, model_name: str, key: str = "fused", sc
 
 
 def _umap_version() -> str:
-    from importlib.metadata import version
-
     return version("umap-learn")
 
 

@@ -28,6 +28,8 @@ import pandas as pd
 
 from core.checkpoint import SHIPPED_CHECKPOINT, CheckpointError, read_model_card
 from core.embed import embed_positions, load_model
+from data.landcover import DEFAULT_AOIS
+from data.simulate import cached_store, grid_shape
 from data.store import ChipStore
 
 DEFAULT_KS: tuple[int, ...] = (1, 5)
@@ -70,8 +72,6 @@ def training_seeds(card: dict) -> list[int] | None:
 def heldout_stores(aois: Sequence[str], seed: int, chips: int, *, chip_size: int, channels: dict[str, list[str]],
                    cache_dir: str | Path, progress: bool = False) -> list[ChipStore]:
     """One simulated store per AOI at `seed`, `ceil(chips / len(aois))` chips each (as pretraining's held-out set)."""
-    from data.simulate import cached_store, grid_shape
-
     per_aoi = math.ceil(chips / len(aois))
     rows, cols = grid_shape(per_aoi)
     stores = [cached_store(Path(cache_dir) / f"c{chip_size}-n{per_aoi}-s{seed}" / aoi, aoi, rows, cols, seed,
@@ -135,8 +135,6 @@ def run_retrieval(checkpoint: str | Path = SHIPPED_CHECKPOINT, *, seed: int | No
     if chips < 2:
         raise RetrievalError(f"chips must be >= 2, got {chips}")
     if aois is None:
-        from data.landcover import DEFAULT_AOIS
-
         aois = list(data_cfg.get("aois") or DEFAULT_AOIS)
     model = load_model(checkpoint, device=device)
     cfg = model.cfg

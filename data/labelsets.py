@@ -22,7 +22,6 @@ from __future__ import annotations
 import io
 import json
 import math
-import re
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -36,7 +35,8 @@ import pyarrow.parquet as pq
 
 from data.atomic import atomic_write_bytes
 from data.store import ChipStore
-from data.workspace import Workspace
+from data.workspace import Workspace, WorkspaceNameError
+from data.workspace import check_name as check_workspace_name
 
 LABEL_KINDS: tuple[str, ...] = ("binary", "multiclass", "fraction")
 BINARY_CLASSES: tuple[str, str] = ("absent", "present")
@@ -44,7 +44,6 @@ SOURCES: tuple[str, ...] = ("map", "gallery", "suggestion", "import", "cli")
 LABEL_COLUMNS: tuple[str, ...] = ("chip_id", "label", "value", "source", "added")
 METADATA_KEY = b"eofewshot:labelset"
 FORMAT_VERSION = 1
-_NAME = re.compile(r"[A-Za-z0-9_-]+")
 # Spellings a label file may use for binary labels (case-insensitive); anything else is a class name.
 _BINARY_SPELLINGS = {"present": "present", "absent": "absent", "1": "present", "0": "absent", "1.0": "present",
                      "0.0": "absent", "true": "present", "false": "absent", "yes": "present", "no": "absent"}
@@ -60,10 +59,19 @@ def now_utc() -> str:
 
 
 def check_name(name: str, what: str = "label set name") -> str:
-    """Return `name` if it is a FULL match of [A-Za-z0-9_-]+ (so no path parts, dots or newlines), else raise."""
-    if not isinstance(name, str) or not _NAME.fullmatch(name):
-        raise LabelSetError(f"{what} {name!r} is not allowed: use only letters, digits, '_' and '-' (e.g. 'water_2026')")
-    return name
+    """`data.workspace.check_name` (one rule for AOI and label-set names), raising a LabelSetError."""
+    try:
+        return check_workspace_name(name, what)
+    except WorkspaceNameError as e:
+        raise LabelSetError(str(e)) from None
+
+
+def _is_name(name: str) -> bool:
+    try:
+        check_workspace_name(name)
+    except WorkspaceNameError:
+        return False
+    return True
 
 
 def _empty_labels() -> pd.DataFrame:
@@ -219,7 +227,8 @@ def parquet_bytes(df: pd.DataFrame | gpd.GeoDataFrame, metadata: dict[bytes, byt
 
 def label_set_path(ws: Workspace, aoi: str, name: str) -> Path:
     """Where a label set is stored: `<workspace>/labelsets/<aoi>/<name>.parquet`."""
-    return ws.labelsets_dir(check_name(aoi, "AOI name")) / f"{check_name(name)}.parquet"
+    check_name(aoi, "AOI name"), check_name(name)  # the LabelSetError of this module for a bad name
+    return ws.label_set_path(aoi, name)
 
 
 def list_label_sets(ws: Workspace, aoi: str) -> list[str]:
@@ -227,7 +236,7 @@ def list_label_sets(ws: Workspace, aoi: str) -> list[str]:
     d = ws.labelsets_dir(check_name(aoi, "AOI name"))
     if not d.is_dir():
         return []
-    return sorted(p.stem for p in d.glob("*.parquet") if _NAME.fullmatch(p.stem))
+    return sorted(p.stem for p in d.glob("*.parquet") if _is_name(p.stem))
 
 
 def save_label_set(ws: Workspace, label_set: LabelSet, *, store: ChipStore | None = None) -> Path:

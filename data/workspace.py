@@ -2,10 +2,25 @@
 
 Default `./workspace` (git-ignored), overridden by `$EO_WORKSPACE`. `manifest.json` records what was
 built, when and with which versions, so the app can show the status of each pipeline step.
+
+This module is the one owner of the layout (nobody else joins folder names):
+
+    stores/<aoi>/                                    chip store (store.json, chips.parquet, arrays.zarr)
+    embeddings/<aoi>/<model>/<scenario>/             Workspace.embeddings_dir
+    indexes/<aoi>/<model>/<key>/                     Workspace.index_dir
+    projections/<aoi>/<model>/<scenario>/            Workspace.projection_dir
+    representations/<aoi>/<name>/                    Workspace.representation_dir (external embeddings, #17)
+    evaluations/<run>/, evaluations/_features/<aoi>/ Workspace.evaluation_dir, Workspace.features_cache_dir
+    labelsets/<aoi>/<name>.parquet                   Workspace.label_set_path
+
+and of the names in it: AOI and label-set names (`check_name`, a FULL match of [A-Za-z0-9_-]+) and
+embedding scenario names (`full`, `random-init`, `drop-<modality>-<ch1>+<ch2>`: `drop_scenario`,
+`parse_scenario`).
 """
 
 from __future__ import annotations
 
+import importlib.metadata as md
 import json
 import os
 import platform
@@ -18,14 +33,65 @@ from data.atomic import atomic_write_json
 from data.store import ChipStore
 
 WORKSPACE_ENV = "EO_WORKSPACE"
-ARTIFACT_KINDS = ("embeddings", "indexes", "projections", "evaluations", "checkpoints")
-_SAFE_PART = re.compile(r"^[A-Za-z0-9_.-]+$")
+ARTIFACT_KINDS = ("embeddings", "indexes", "projections", "evaluations", "checkpoints", "representations")
+# AOI and label-set names: letters, digits, '_' and '-' only (no dots, so no hidden or relative names).
+_NAME = re.compile(r"[A-Za-z0-9_-]+")
+# Other path parts (model, scenario, key, run names) may also hold '+' (several dropped channels) and
+# inner dots (a checkpoint folder such as 'run-1.5'), never a leading dot.
+_SAFE_PART = re.compile(r"[A-Za-z0-9_+-][A-Za-z0-9_.+-]*")
+
+SCENARIO_FULL = "full"
+SCENARIO_RANDOM = "random-init"
+DROP_PREFIX = "drop-"
+ALL_AOIS = "all-aois"
+"""Projection folder of the joint UMAP of several AOIs (under projections/, beside the per-AOI folders)."""
+
+
+class WorkspaceNameError(ValueError):
+    """A name cannot be used inside the workspace: the message says which characters are allowed."""
+
+
+def check_name(name: object, what: str = "AOI name") -> str:
+    """Return `name` if it is a FULL match of [A-Za-z0-9_-]+ (no dots, path parts or newlines), else raise."""
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
+        raise WorkspaceNameError(f"{what} {name!r} is not allowed: use only letters, digits, '_' and '-' "
+                                 "(e.g. 'water_2026')")
+    return name
+
+
+def drop_scenario(modality: str, channels: "list[str] | tuple[str, ...]") -> str:
+    """Embedding scenario of a modality embedded without some of its channels (`drop-s1amp-VH`)."""
+    if not channels:
+        raise ValueError(f"a drop scenario of {modality!r} needs at least one channel")
+    return f"{DROP_PREFIX}{modality}-{'+'.join(sorted(channels))}"
+
+
+def parse_scenario(scenario: str) -> dict[str, list[str]]:
+    """Channels dropped by a scenario name (`drop-s1amp-VH` -> {"s1amp": ["VH"]}); {} for full/random-init."""
+    if scenario in (SCENARIO_FULL, SCENARIO_RANDOM):
+        return {}
+    if isinstance(scenario, str) and scenario.startswith(DROP_PREFIX):
+        rest = scenario[len(DROP_PREFIX):]
+        if "-" in rest:
+            mod, chans = rest.split("-", 1)
+            channels = [c for c in chans.split("+") if c]
+            if mod and channels:
+                return {mod: channels}
+    raise ValueError(
+        f"unknown scenario {scenario!r}: use 'full', 'random-init' or 'drop-<modality>-<channel>' "
+        "(e.g. drop-s1amp-VH; several channels of one modality as drop-coh-VV_12d+VV_36d)"
+    )
+
+
+def _mtime_ns(path: Path) -> int:
+    try:
+        return path.stat().st_mtime_ns
+    except OSError:
+        return 0
 
 
 def library_versions() -> dict[str, str]:
     """Versions of the libraries whose outputs the workspace stores."""
-    import importlib.metadata as md
-
     out = {"python": platform.python_version()}
     for pkg in ("torch", "numpy", "zarr", "faiss-cpu", "scikit-learn", "umap-learn", "geopandas", "rasterio"):
         try:
@@ -55,13 +121,14 @@ class Workspace:
         return self.root / "manifest.json"
 
     def _safe(self, part: str) -> str:
-        if not _SAFE_PART.match(part) or part in (".", ".."):
-            raise ValueError(f"{part!r} is not a valid name inside the workspace (letters, digits, '_', '-', '.')")
+        if not isinstance(part, str) or not _SAFE_PART.fullmatch(part):
+            raise WorkspaceNameError(f"{part!r} is not a valid name inside the workspace "
+                                     "(letters, digits, '_', '-', '+', '.'; no leading '.')")
         return part
 
     def store_path(self, aoi: str) -> Path:
         """Path of an AOI's chip store."""
-        return self.stores_dir / self._safe(aoi)
+        return self.stores_dir / check_name(aoi)
 
     def list_stores(self) -> list[str]:
         """Names of the complete stores present (folders with a store.json), sorted."""
@@ -75,13 +142,59 @@ class Workspace:
 
     def labelsets_dir(self, aoi: str) -> Path:
         """Folder of an AOI's saved label sets (`data.labelsets`)."""
-        return self.root / "labelsets" / self._safe(aoi)
+        return self.root / "labelsets" / check_name(aoi)
+
+    def label_set_path(self, aoi: str, name: str) -> Path:
+        """File of one saved label set."""
+        return self.labelsets_dir(aoi) / f"{check_name(name, 'label set name')}.parquet"
 
     def artifact_dir(self, kind: str, *parts: str) -> Path:
         """Folder for a derived artifact, e.g. `artifact_dir("embeddings", aoi, model_name)`."""
         if kind not in ARTIFACT_KINDS:
             raise ValueError(f"unknown artifact kind {kind!r}; known: {list(ARTIFACT_KINDS)}")
         return self.root.joinpath(kind, *(self._safe(p) for p in parts))
+
+    def embeddings_dir(self, aoi: str, model_name: str, scenario: str = SCENARIO_FULL) -> Path:
+        """Folder of one AOI x model x scenario's embeddings."""
+        parse_scenario(scenario)
+        return self.artifact_dir("embeddings", check_name(aoi), model_name, scenario)
+
+    def index_dir(self, aoi: str, model_name: str, key: str) -> Path:
+        """Folder of one AOI x model x key FAISS index."""
+        return self.artifact_dir("indexes", check_name(aoi), model_name, key)
+
+    def projection_dir(self, aoi: str, model_name: str, scenario: str = SCENARIO_FULL) -> Path:
+        """Folder of an AOI x model x scenario's projections (`aoi` may be a joint name such as 'all-aois')."""
+        return self.artifact_dir("projections", check_name(aoi), model_name, scenario)
+
+    def representation_dir(self, aoi: str, name: str) -> Path:
+        """Folder of an external representation of an AOI (vectors brought by the user, see core.representations)."""
+        return self.artifact_dir("representations", check_name(aoi), check_name(name, "representation name"))
+
+    def evaluation_dir(self, run_name: str) -> Path:
+        """Folder of one evaluation run."""
+        return self.artifact_dir("evaluations", run_name)
+
+    def features_cache_dir(self, aoi: str) -> Path:
+        """Folder of an AOI's cached hand-crafted baseline features (used by the evaluation)."""
+        return self.artifact_dir("evaluations", "_features", check_name(aoi))
+
+    def step_files(self, aoi: str, model_name: str) -> list[Path]:
+        """The files whose modification times say when an AOI's pipeline steps last changed (see `step_stamp`)."""
+        files = [self.store_path(aoi) / "store.json"]
+        files += [self.embeddings_dir(aoi, model_name, s) / "meta.json" for s in (SCENARIO_FULL, SCENARIO_RANDOM)]
+        index_root = self.artifact_dir("indexes", check_name(aoi), model_name)
+        if index_root.is_dir():
+            files += sorted(p / "meta.json" for p in index_root.iterdir())
+        files.append(self.projection_dir(aoi, model_name) / "meta.json")
+        return files
+
+    def step_stamp(self, aois: "list[str] | tuple[str, ...]", model_name: str) -> tuple:
+        """A cheap fingerprint of the step state (stat calls only): changes whenever a step is (re)built."""
+        out: list = [_mtime_ns(self.manifest_path)]
+        for aoi in aois:
+            out += [_mtime_ns(f) for f in self.step_files(aoi, model_name)]
+        return tuple(out)
 
     def confine(self, path: str | Path) -> Path:
         """Resolve a user-given path and refuse it unless it lies inside the workspace."""

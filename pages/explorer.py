@@ -6,10 +6,13 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from data.modalities import LABEL_TASKS, MODALITY_KEYS
-from ui import cache, charts, maps, search, state
+from core.representations import availability
+from core.search import SPACES, space_name
+from data.modalities import LABEL_TASKS
+from ui import cache, charts, maps, state
 from ui.errors import UserError, page_guard
 from ui.gallery import show_gallery
+from ui.text import md_escape
 
 state.require_entrypoint("pages/explorer.py")
 ctx = state.context()
@@ -19,33 +22,15 @@ MAX_POINTS = 20_000
 """Points drawn in the scatter (a seeded sample beyond): a browser chart of 150 K points is sluggish."""
 
 
-def availability(emb) -> np.ndarray:
-    """Per chip, which modalities are present: 'all', 'no coh', 'only s2rgb', 'none'..."""
-    mods = [m for m in MODALITY_KEYS if m in emb.present]
-    flags = np.stack([emb.present[m] for m in mods], axis=1)
-    out = []
-    for row in flags.tolist():
-        have = [m for m, ok in zip(mods, row) if ok]
-        if len(have) == len(mods):
-            out.append("all present")
-        elif not have:
-            out.append("none")
-        elif len(have) == 1:
-            out.append(f"only {have[0]}")
-        else:
-            out.append("no " + ", ".join(m for m in mods if m not in have))
-    return np.array(out, dtype=object)
-
-
 with page_guard("embedding explorer"):
     if ctx.aoi is None:
         raise UserError("This workspace holds no AOI yet.", "Build the simulated AOIs on the Home page.", "info")
     model = cache.model_name(ctx.checkpoint)
     store = cache.store(ctx.root, ctx.aoi)
     emb = cache.embeddings(ctx.root, ctx.aoi, model)
-    keys = [k for k in search.SPACES if k in emb.vectors]
+    keys = [k for k in SPACES if k in emb.vectors]
     c1, c2, c3 = st.columns([3, 3, 2])
-    key = c1.selectbox("Embedding", keys, format_func=search.space_name, key="exp_key")
+    key = c1.selectbox("Embedding", keys, format_func=space_name, key="exp_key")
     scope = c3.radio("Points", ["this AOI", "all AOIs"], key="exp_scope", horizontal=True,
                      help="All AOIs: one UMAP of every AOI's embeddings together (computed once, then cached).")
     aois = [ctx.aoi]
@@ -72,7 +57,7 @@ with page_guard("embedding explorer"):
     for a in aois:
         e, st_a = embs[a], stores[a]
         f = pd.DataFrame({"aoi": a, "chip_id": e.chip_ids if len(aois) == 1 else [f"{a}:{c}" for c in e.chip_ids],
-                          "position": np.arange(len(e)), "availability": availability(e), "present": e.present[key]})
+                          "position": np.arange(len(e)), "availability": availability(e.present), "present": e.present[key]})
         for t in known:
             f[t] = st_a.labels(t)
         frames.append(f)
@@ -81,7 +66,7 @@ with page_guard("embedding explorer"):
     points["AOI"] = points["aoi"].map(lambda a: cache.aoi_label(ctx.root, a))
     points = points[points["present"].to_numpy() & np.isfinite(points["x"].to_numpy())].drop(columns="present")
     if points.empty:
-        raise UserError(f"No chip of this AOI has {search.space_name(key)} embeddings.", "Choose another embedding.")
+        raise UserError(f"No chip of this AOI has {space_name(key)} embeddings.", "Choose another embedding.")
     drawn = points.sample(MAX_POINTS, random_state=0) if len(points) > MAX_POINTS else points
     if len(drawn) < len(points):
         st.caption(f"Showing a random {len(drawn):,} of {len(points):,} chips.")
@@ -92,7 +77,7 @@ with page_guard("embedding explorer"):
                             key="exp_chart", width="stretch")
     simulated = any(stores[a].meta.simulated for a in aois)
     st.caption("Drag a box (or click a point) to show those chips on the map; double-click to clear."
-               + (f" The map shows {cache.aoi_label(ctx.root, ctx.aoi)}; choose another AOI in the sidebar for its chips."
+               + (f" The map shows {md_escape(cache.aoi_label(ctx.root, ctx.aoi))}; choose another AOI in the sidebar for its chips."
                   if len(aois) > 1 else "")
                + (" Simulated data." if simulated else ""))
 

@@ -8,7 +8,8 @@ import numpy as np
 import streamlit as st
 
 from core.mapping import MAP_ESTIMATORS, detections
-from ui import cache, labelling, maps, search, state
+from core.search import SPACES, space_name
+from ui import cache, labelling, maps, state
 from ui.errors import UserError, page_guard
 
 state.require_entrypoint("pages/mapping.py")
@@ -25,7 +26,7 @@ with page_guard("label & map"):
     geometry = cache.geometry(ctx.root, ctx.aoi)
     emb = cache.embeddings(ctx.root, ctx.aoi, model)
     lookup = cache.chip_lookup(ctx.root, ctx.aoi, model)
-    reps = [s for s in search.SPACES if s in emb.vectors and emb.get(s)[1].any()]
+    reps = [s for s in SPACES if s in emb.vectors and emb.get(s)[1].any()]
     names = labelling.names(ctx.root, ctx.aoi)
     labelling.restore_from_url(ctx.aoi, names, reps, MAP_ESTIMATORS, lookup)
     labelling.show_message()
@@ -45,7 +46,7 @@ with page_guard("label & map"):
     c1, c2, c3, c4 = st.columns([3, 2, 2, 2])
     brush = c1.radio("Click on the map labels a chip as", labelling.brush_options(label_set), key=labelling.BRUSH_KEY,
                      horizontal=True)
-    rep = c2.selectbox("Representation", reps, format_func=search.space_name, key=labelling.REP_KEY,
+    rep = c2.selectbox("Representation", reps, format_func=space_name, key=labelling.REP_KEY,
                        help="Which embedding the probe learns from: fused (all present modalities) or one modality.")
     estimator = c3.selectbox("Estimator", list(MAP_ESTIMATORS), key=labelling.EST_KEY,
                              help="logistic: fast and robust with few labels; random forest / kNN: non-linear.")
@@ -100,7 +101,7 @@ with page_guard("label & map"):
     st.caption("Chips the model is least sure about, from different parts of the embedding space (before a model: "
                "diverse chips). Accept or reject each; the map retrains.")
     mods = labelling.thumbnail_modalities(store)
-    modality = (st.radio("Thumbnails", mods, key="map_thumb_mod", horizontal=True, format_func=search.space_name)
+    modality = (st.radio("Thumbnails", mods, key="map_thumb_mod", horizontal=True, format_func=space_name)
                 if len(mods) > 1 else mods[0])
     ids = geometry.chip_ids[np.asarray(suggested, dtype=np.int64)].tolist()
     preds = result.predictions[suggested] if result is not None else np.full(len(ids), np.nan)

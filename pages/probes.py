@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 import streamlit as st
 
+from core.probes import ESTIMATORS
+from core.representations import normalise_drops
 from data.modalities import LABEL_TASKS, get_modality
 from ui import cache, charts, maps, probing, state
 from ui.errors import UserError, page_guard
@@ -16,8 +18,6 @@ st.title("Few-shot probes")
 with page_guard("few-shot probes"):
     if ctx.aoi is None:
         raise UserError("This workspace holds no AOI yet.", "Build the simulated AOIs on the Home page.", "info")
-    from core.probes import ESTIMATORS
-
     model = cache.model_name(ctx.checkpoint)
     store = cache.store(ctx.root, ctx.aoi)
     emb = cache.embeddings(ctx.root, ctx.aoi, model)
@@ -50,15 +50,9 @@ with page_guard("few-shot probes"):
         for ch in channels.get(mod, []):
             if not col.checkbox(f"{mod} · {ch}", value=True, key=f"probe_ch_{mod}_{ch}"):
                 dropped_channels.append((mod, ch))
-    # Every channel of a modality unchecked is that modality missing.
-    for mod in {m for m, _ in dropped_channels}:
-        if len([c for m, c in dropped_channels if m == mod]) == len(channels.get(mod, [])):
-            dropped_modalities.append(mod)
-            dropped_channels = [(m, c) for m, c in dropped_channels if m != mod]
-    if len(dropped_modalities) == len(emb.modalities):
-        raise UserError("Every modality is unchecked: there is nothing left to embed.", "Check at least one modality.")
-    spec = dict(dropped_modalities=tuple(dropped_modalities), dropped_channels=tuple(dropped_channels))
-    probing.ensure_drop_embeddings(ctx, model, dropped_channels)
+    dropped = normalise_drops(emb.modalities, channels, dropped_modalities, dropped_channels)
+    spec = dict(dropped_modalities=dropped[0], dropped_channels=dropped[1])
+    probing.ensure_drop_embeddings(ctx, model, spec["dropped_channels"])
     probing.ensure_random_init(ctx, model)
 
     result = cache.probe(ctx.root, ctx.aoi, model, task=task, estimator=estimator, budget=budget, repeats=int(repeats), **spec)

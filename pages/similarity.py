@@ -6,6 +6,7 @@ import functools
 
 import streamlit as st
 
+from core.search import SPACES, SearchRequest, search_chips, space_name
 from data.modalities import LABEL_TASKS
 from ui import cache, labelling, maps, search, state
 from ui.errors import UserError, page_guard
@@ -21,13 +22,13 @@ with page_guard("similarity search"):
     store = cache.store(ctx.root, ctx.aoi)
     geometry = cache.geometry(ctx.root, ctx.aoi)
     emb = cache.embeddings(ctx.root, ctx.aoi, model)
-    spaces = [s for s in search.SPACES if s in emb.vectors]
+    spaces = [s for s in SPACES if s in emb.vectors]
 
     c1, c2, c3, c4 = st.columns([3, 3, 2, 2])
-    query_space = c1.selectbox("Query modality", spaces, format_func=search.space_name, key="sim_query_space",
+    query_space = c1.selectbox("Query modality", spaces, format_func=space_name, key="sim_query_space",
                                help="Which embedding of the clicked chip is the query.")
     target_space = c2.selectbox(
-        "Searched modality", spaces, format_func=search.space_name, key="sim_target_space",
+        "Searched modality", spaces, format_func=space_name, key="sim_target_space",
         help="Pick another modality than the query's for cross-modal search (e.g. a SAR query finding optical chips).",
     )
     scope = c3.radio("Search in", ["this AOI", "all AOIs"], key="sim_scope", horizontal=True)
@@ -57,16 +58,16 @@ with page_guard("similarity search"):
             indexes[a] = None if a == ctx.aoi else cache.chip_index(ctx.root, a, model, target_space)
             lookups[a] = cache.chip_lookup(ctx.root, a, model)
         skipped = sorted(a for a in aois if a != ctx.aoi and indexes.get(a) is None)
-        request = search.SearchRequest(
+        request = SearchRequest(
             aoi=ctx.aoi, chip_id=chip_id, query_space=query_space, target_space=target_space,
             all_aois=scope == "all AOIs", k=int(k),
             positives=tuple(st.session_state.get(search.refs_key(ctx.aoi, "pos"), [])),
             negatives=tuple(st.session_state.get(search.refs_key(ctx.aoi, "neg"), [])),
         )
-        result = search.search_chips(request, embs, indexes, lookups)
+        result = search_chips(request, embs, indexes, lookups)
         result.results.attrs["query"] = chip_id
         if skipped:
-            st.caption(f"Not searched (no {search.space_name(target_space)} index yet): {', '.join(skipped)}.")
+            st.caption(f"Not searched (no {space_name(target_space)} index yet): {', '.join(skipped)}.")
 
     if result is None:
         st.info("Click a chip on the map, or pick a chip id above, to find similar chips.")

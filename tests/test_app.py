@@ -1,7 +1,8 @@
 """The Streamlit app: AppTest drives home and every page on a small real workspace; ui helpers unit-tested.
 
 The workspace (2 simulated AOIs x 100 chips of 32 px, an untrained tiny model saved as a real
-checkpoint, embeddings and FAISS indexes built by core.pipeline) is built once per module.
+checkpoint, embeddings and FAISS indexes built by core.pipeline) is built once per module; a test that
+changes it (builds a step, saves labels, writes a projection) works on its own copy (`own_ws`).
 """
 
 from __future__ import annotations
@@ -66,6 +67,16 @@ def app_ws(tmp_path_factory) -> Path:
     mp.undo()
 
 
+@pytest.fixture
+def own_ws(app_ws, tmp_path, monkeypatch) -> Path:
+    """A private copy of the built workspace, for a test that changes it (so no test depends on another's order)."""
+    root = tmp_path / "ws"
+    shutil.copytree(app_ws, root)
+    monkeypatch.setenv("EO_WORKSPACE", str(root))
+    monkeypatch.setenv("EO_CHECKPOINT", CHECKPOINT_NAME)
+    return root
+
+
 def open_page(page: str | None = None) -> AppTest:
     """Run app.py (and switch to a page) like a browser session would."""
     at = AppTest.from_file(APP, default_timeout=TIMEOUT)
@@ -102,8 +113,8 @@ def test_home_shows_aois_model_card_and_pipeline(app_ws):
     assert at.button(key="home_build").disabled  # everything built
 
 
-def test_home_build_button_builds_the_missing_step(app_ws):
-    ws = Workspace(app_ws)
+def test_home_build_button_builds_the_missing_step(own_ws):
+    ws = Workspace(own_ws)
     shutil.rmtree(ws.artifact_dir("indexes", "conus", CHECKPOINT_NAME, "s1amp"))
     at = open_page()
     button = at.button(key="home_build")
@@ -112,7 +123,7 @@ def test_home_build_button_builds_the_missing_step(app_ws):
     assert_clean(at)
     built = [d.value for d in at.dataframe if "action" in d.value.columns]
     assert built and built[0][["aoi", "step", "action"]].values.tolist() == [["conus", "index", "built"]]
-    status = pipeline.status(Workspace(app_ws), aois=["conus"], checkpoint=app_ws / "checkpoints" / CHECKPOINT_NAME)
+    status = pipeline.status(Workspace(own_ws), aois=["conus"], checkpoint=own_ws / "checkpoints" / CHECKPOINT_NAME)
     assert (status["state"] == "built").all()
 
 
@@ -173,10 +184,10 @@ def test_similarity_pick_a_chip_shows_results_and_gallery(app_ws):
     assert not np.allclose(after["score"].to_numpy()[:5], before["score"].to_numpy()[:5])
 
 
-def test_mapping_applied_to_all_aois_counts_detections_per_aoi(app_ws):
+def test_mapping_applied_to_all_aois_counts_detections_per_aoi(own_ws):
     from data.labelsets import LabelSet, save_label_set
 
-    ws = Workspace(app_ws)
+    ws = Workspace(own_ws)
     store = ws.open_store("conus")
     water = store.labels("water")
     ids = store.index["chip_id"].astype(str).to_numpy()
@@ -215,31 +226,6 @@ def test_similarity_missing_modality_is_a_message_not_a_traceback(app_ws):
     at.selectbox(key="sim_chip::conus").set_value(store.index["chip_id"].iloc[int(lacking[0])]).run()
     assert not at.exception
     assert any("has no" in t and "Choose another" in t for t in texts(at.warning))
-
-
-def test_search_chips_matches_brute_force_and_is_cross_modal(app_ws):
-    from core.embed import load_embeddings
-    from core.index import ChipIndex
-    from ui.search import SearchRequest, search_chips
-
-    ws = Workspace(app_ws)
-    emb = load_embeddings(ws, "conus", CHECKPOINT_NAME)
-    index = ChipIndex.load(ws.artifact_dir("indexes", "conus", CHECKPOINT_NAME, "s2rgb"), gpu=False)
-    vec, present = emb.get("s1amp")
-    q_pos = int(np.flatnonzero(present & emb.present["s2rgb"])[0])
-    chip = emb.chip_ids[q_pos]
-    res = search_chips(SearchRequest("conus", chip, "s1amp", "s2rgb", k=5), {"conus": emb}, {"conus": index})
-    target, tpresent = emb.get("s2rgb")
-    q = vec[q_pos] / np.linalg.norm(vec[q_pos])
-    brute = np.where(tpresent, target @ q, -np.inf)
-    best = np.argsort(-brute, kind="stable")[:5]
-    # Cross-modal search keeps the query chip itself (its optical twin is a legitimate answer).
-    assert res.results["position"].tolist() == best.tolist()
-    np.testing.assert_allclose(res.results["score"], brute[best], rtol=1e-5)
-    np.testing.assert_allclose(res.map_scores[tpresent], brute[tpresent], rtol=1e-5)
-    assert np.isnan(res.map_scores[~tpresent]).all()
-    with pytest.raises(UserError, match="not in this AOI"):
-        search_chips(SearchRequest("conus", "no-such-chip"), {"conus": emb}, {"conus": index})
 
 
 def test_empty_workspace_explains_what_to_do(tmp_path, monkeypatch):
@@ -369,7 +355,7 @@ def test_errors_are_explained_without_tracebacks():
 
 
 # ----------------------------------------------------------------------------------------- explorer, probes
-def test_explorer_projects_and_colours(app_ws):
+def test_explorer_projects_and_colours(own_ws):
     at = open_page("pages/explorer.py")
     charts_ = at.get("vega_lite_chart")
     assert charts_, "no UMAP scatter drawn"
@@ -379,7 +365,7 @@ def test_explorer_projects_and_colours(app_ws):
     assert_clean(at)
     spec2 = json.loads(at.get("vega_lite_chart")[0].proto.spec)
     assert spec2["encoding"]["color"] != spec["encoding"]["color"]
-    proj = list(Workspace(app_ws).artifact_dir("projections").rglob("*"))
+    proj = list(Workspace(own_ws).artifact_dir("projections").rglob("*"))
     assert proj, "the UMAP projection is not stored in the workspace"
 
     # All AOIs in one UMAP, coloured by AOI: both AOIs' chips are drawn.
@@ -388,16 +374,16 @@ def test_explorer_projects_and_colours(app_ws):
     assert_clean(at)
     spec3 = json.loads(at.get("vega_lite_chart")[0].proto.spec)
     assert "AOI" in json.dumps(spec3["encoding"]["color"])
-    assert (Workspace(app_ws).artifact_dir("projections", "all-aois") / CHECKPOINT_NAME / "full" / "fused.npy").is_file()
-    n_joint = len(np.load(Workspace(app_ws).artifact_dir("projections", "all-aois") / CHECKPOINT_NAME / "full" / "fused.npy"))
-    assert n_joint == sum(len(Workspace(app_ws).open_store(a)) for a in ("conus", "south_america"))
+    assert (Workspace(own_ws).artifact_dir("projections", "all-aois") / CHECKPOINT_NAME / "full" / "fused.npy").is_file()
+    n_joint = len(np.load(Workspace(own_ws).artifact_dir("projections", "all-aois") / CHECKPOINT_NAME / "full" / "fused.npy"))
+    assert n_joint == sum(len(Workspace(own_ws).open_store(a)) for a in ("conus", "south_america"))
 
 
 def _metric_values(at: AppTest) -> dict[str, str]:
     return {m.label: m.value for m in at.metric}
 
 
-def test_probes_budget_and_missing_modality_change_the_scores(app_ws):
+def test_probes_budget_and_missing_modality_change_the_scores(own_ws):
     at = open_page("pages/probes.py")
     before = _metric_values(at)
     assert "R²" in before and "±" in before["R²"]
@@ -418,9 +404,9 @@ def test_probes_budget_and_missing_modality_change_the_scores(app_ws):
     build = at.button(key="probe_build_drop-s1amp-VH")
     build.click().run()
     assert_clean(at)
-    assert Workspace(app_ws).artifact_dir("embeddings", "conus", CHECKPOINT_NAME, "drop-s1amp-VH").is_dir()
+    assert Workspace(own_ws).artifact_dir("embeddings", "conus", CHECKPOINT_NAME, "drop-s1amp-VH").is_dir()
     assert _metric_values(at)["R²"] != small["R²"]
-    assert Workspace(app_ws).artifact_dir("embeddings", "conus", CHECKPOINT_NAME, "random-init").is_dir()
+    assert Workspace(own_ws).artifact_dir("embeddings", "conus", CHECKPOINT_NAME, "random-init").is_dir()
 
 
 def test_probes_logistic_is_shown_as_a_presence_probability(app_ws):
@@ -446,3 +432,30 @@ def test_unreadable_store_is_neither_real_nor_simulated(tmp_path, monkeypatch):
     at = open_page()
     table = at.dataframe[0].value
     assert table["kind"].tolist() == ["unknown"]
+
+
+def test_store_and_checkpoint_strings_show_literally(tmp_path, monkeypatch):
+    """Markdown/HTML in a store title or source and in checkpoint fields is shown as typed, never rendered."""
+    from data.store import ChipStoreWriter
+    from tests.conftest import make_batch, make_meta
+
+    evil = "**bold** [x](javascript:alert(1)) <b>html</b>"
+    ws = Workspace(tmp_path / "evil")
+    meta = make_meta("evil_scene", chip_size=8)
+    meta.simulated, meta.title, meta.source = False, evil, evil
+    with ChipStoreWriter(ws.store_path("evil_scene"), meta) as w:
+        w.append(*make_batch(meta, 0, 12))
+    cfg = ModelConfig(name=evil, chip_size=32, patch_size=8, width=32, depth=1, heads=2, embed_dim=32)
+    save_checkpoint(ws.root / "checkpoints" / CHECKPOINT_NAME, MultiModalViT(cfg), cfg,
+                    meta={"training_data": {"source": evil, "aois": [evil], "seeds": [1]}})
+    monkeypatch.setenv("EO_WORKSPACE", str(ws.root))
+    monkeypatch.setenv("EO_CHECKPOINT", CHECKPOINT_NAME)
+    at = open_page()
+    table = at.dataframe[0].value
+    assert table["title"].tolist() == [evil] and table["source"].tolist() == [evil]  # a table shows text as is
+    shown = texts(at.markdown) + texts(at.caption) + texts(at.sidebar.markdown) + texts(at.sidebar.caption)
+    card = [t for t in shown if "bold" in t]
+    assert len(card) >= 2, "the model card should show the checkpoint's name and training data source"
+    for t in card:  # every Markdown character of the untrusted string is escaped
+        assert "**bold**" not in t and "](javascript" not in t and "<b>" not in t
+        assert r"\*\*bold\*\* \[x\]\(javascript\:alert\(1\)\) \<b\>html\<" in t

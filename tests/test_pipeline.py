@@ -45,7 +45,7 @@ def test_build_idempotent_and_status(ws_ckpt, capsys):
 
     calls = []
     actions = build(ws, aois, checkpoint=ckpt, progress=False,
-                    progress_cb=lambda step, f, msg: calls.append((step, f)))
+                    progress_cb=lambda f, msg: calls.append((msg, f)))
     assert len(actions) == 8 and set(actions.action) == {"built"}  # 2 AOIs x embeddings, index, random-init, projection
     assert calls and all(0.0 <= f <= 1.0 for _, f in calls) and calls[-1][1] == 1.0
     after = status(ws, aois=aois, checkpoint=ckpt)

@@ -14,11 +14,21 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
+import pandas as pd
 import streamlit as st
 
+from core import pipeline
+from core.checkpoint import read_model_card
+from core.embed import EmbeddingError, Embeddings, load_embeddings, model_name_of
+from core.index import ChipIndex
+from core.mapping import fit_label_map, predict_other, suggest_next
+from core.probes import fit_probe, learning_curve, probe_split
+from core.project import project_joint, umap_2d
+from core.representations import RepresentationVectors, load_representation, source_files
+from data.labelsets import LabelSet
 from data.store import ChipStore
-from data.workspace import Workspace
+from data.workspace import SCENARIO_FULL, Workspace
+from ui.errors import UserError
 from ui.maps import ChipGeometry
 
 
@@ -94,34 +104,25 @@ def geometry(root: str, aoi: str) -> ChipGeometry:
 # ----------------------------------------------------------------------------------------- model outputs
 def model_name(checkpoint: "str | Path | None") -> str:
     """The model name used in workspace paths (the checkpoint folder's name)."""
-    from core.embed import model_name_of
-
     if checkpoint is None:
-        from ui.errors import UserError
-
         raise UserError("No model checkpoint is available.", "Train one with `python -m training.pretrain` or restore checkpoints/tiny-sim.")
     return model_name_of(checkpoint)
 
 
-def embeddings_stamp(root: str, aoi: str, model: str, scenario: str = "full") -> float:
+def embeddings_stamp(root: str, aoi: str, model: str, scenario: str = SCENARIO_FULL) -> float:
     """Cache stamp of an AOI's embeddings of one scenario: 0 when missing, else the later of the embeddings'
     and the store's modification times (a store rebuilt under the same name invalidates its embeddings)."""
-    t = _mtime(Workspace(root).artifact_dir("embeddings", aoi, model, scenario) / "meta.json")
+    t = _mtime(Workspace(root).embeddings_dir(aoi, model, scenario) / "meta.json")
     return max(t, store_stamp(root, aoi)) if t else 0.0
 
 
 @st.cache_resource(max_entries=48, show_spinner="Loading embeddings…")
-def _embeddings(root: str, aoi: str, model: str, scenario: str, stamp: float):
-    from core.embed import load_embeddings
-
+def _embeddings(root: str, aoi: str, model: str, scenario: str, stamp: float) -> Embeddings:
     return load_embeddings(Workspace(root), aoi, model, scenario)
 
 
-def embeddings(root: str, aoi: str, model: str, scenario: str = "full"):
+def embeddings(root: str, aoi: str, model: str, scenario: str = SCENARIO_FULL) -> Embeddings:
     """An AOI's embeddings of one scenario (shared read-only arrays); UserError with the fix if missing."""
-    from core.embed import EmbeddingError
-    from ui.errors import UserError
-
     try:
         return _embeddings(root, aoi, model, scenario, embeddings_stamp(root, aoi, model, scenario))
     except EmbeddingError as e:
@@ -144,24 +145,37 @@ def chip_lookup(root: str, aoi: str, model: str) -> dict[str, int]:
 
 
 @st.cache_resource(max_entries=64, show_spinner="Loading the search index…")
-def _index(root: str, aoi: str, model: str, key: str, stamp: float):
-    from core.index import ChipIndex
-
-    return ChipIndex.load(Workspace(root).artifact_dir("indexes", aoi, model, key), gpu=False)
+def _index(root: str, aoi: str, model: str, key: str, stamp: float) -> ChipIndex:
+    return ChipIndex.load(Workspace(root).index_dir(aoi, model, key), gpu=False)
 
 
-def chip_index(root: str, aoi: str, model: str, key: str):
+def chip_index(root: str, aoi: str, model: str, key: str) -> ChipIndex | None:
     """The FAISS index of one AOI x model x key (read-only, shared), or None when that key has no index."""
-    path = Workspace(root).artifact_dir("indexes", aoi, model, key)
+    path = Workspace(root).index_dir(aoi, model, key)
     if not (path / "meta.json").is_file():
         return None
     return _index(root, aoi, model, key, max(_mtime(path / "meta.json"), store_stamp(root, aoi)))
 
 
 @st.cache_data(max_entries=16, show_spinner=False)
-def _model_card(path: str, stamp: float) -> dict[str, Any]:
-    from core.checkpoint import read_model_card
+def _pipeline_status(root: str, aois: tuple[str, ...] | None, checkpoint: str, steps: tuple[str, ...],
+                     stamp: tuple) -> pd.DataFrame:
+    return pipeline.status(Workspace(root), aois=aois, checkpoint=checkpoint, steps=steps)
 
+
+def pipeline_status(root: str, aois: "list[str] | None", checkpoint: "str | Path | None",
+                    steps: "list[str] | tuple[str, ...]") -> pd.DataFrame:
+    """core.pipeline.status, recomputed only when a manifest, store, embeddings, index or projection file changed."""
+    ws = Workspace(root)
+    ckpt = Path(checkpoint or pipeline.SHIPPED_CHECKPOINT)
+    model = model_name_of(ckpt)
+    covered = pipeline.pipeline_aois(ws, aois)
+    stamp = ws.step_stamp(covered, model) + (_mtime(ckpt / "model.safetensors"),)
+    return _pipeline_status(root, tuple(aois) if aois else None, str(ckpt), tuple(steps), stamp)
+
+
+@st.cache_data(max_entries=16, show_spinner=False)
+def _model_card(path: str, stamp: float) -> dict[str, Any]:
     return read_model_card(path)
 
 
@@ -172,35 +186,23 @@ def model_card(path: "str | Path") -> dict[str, Any]:
 
 # ----------------------------------------------------------------------------------------- projections, probes
 @st.cache_data(max_entries=32, show_spinner=False)
-def _umap(root: str, aoi: str, model: str, key: str, emb_stamp: float):
-    from core.project import umap_2d
-
+def _umap(root: str, aoi: str, model: str, key: str, emb_stamp: float) -> np.ndarray:
     return umap_2d(Workspace(root), aoi, model, key=key)
 
 
-def umap(root: str, aoi: str, model: str, key: str):
+def umap(root: str, aoi: str, model: str, key: str) -> np.ndarray:
     """2-D UMAP of an AOI's embeddings of one key [N, 2] (computed once, stored in the workspace by core.project)."""
     embeddings(root, aoi, model)  # a friendly message first when the embeddings are missing
     return _umap(root, aoi, model, key, embeddings_stamp(root, aoi, model))
 
 
-ALL_AOIS = "all-aois"
-"""Projection folder of the joint UMAP of several AOIs (under projections/, beside the per-AOI folders)."""
-
-
 @st.cache_data(max_entries=8, show_spinner=False)
-def _umap_joint(root: str, aois: tuple[str, ...], model: str, key: str, stamps: tuple):
-    from core.project import project_aoi
-
-    embs = [_embeddings(root, a, model, "full", s) for a, s in zip(aois, stamps)]
-    vectors = np.concatenate([e.get(key)[0] for e in embs])
-    present = np.concatenate([e.get(key)[1] for e in embs])
-    ids = np.concatenate([[f"{a}:{c}" for c in e.chip_ids] for a, e in zip(aois, embs)])
-    # Cached in the workspace by content (the vectors' digest), so a rebuilt AOI recomputes it.
-    return project_aoi(Workspace(root), ALL_AOIS, model, key, vectors=vectors, present=present, chip_ids=ids)
+def _umap_joint(root: str, aois: tuple[str, ...], model: str, key: str, stamps: tuple) -> np.ndarray:
+    embs = {a: _embeddings(root, a, model, SCENARIO_FULL, s) for a, s in zip(aois, stamps)}
+    return project_joint(Workspace(root), embs, model, key)
 
 
-def umap_joint(root: str, aois: "list[str] | tuple[str, ...]", model: str, key: str):
+def umap_joint(root: str, aois: "list[str] | tuple[str, ...]", model: str, key: str) -> np.ndarray:
     """2-D UMAP of several AOIs' embeddings in one space: rows in the order of `aois`, each AOI in store order."""
     for a in aois:
         embeddings(root, a, model)
@@ -208,145 +210,77 @@ def umap_joint(root: str, aois: "list[str] | tuple[str, ...]", model: str, key: 
     return _umap_joint(root, aois, model, key, tuple(embeddings_stamp(root, a, model) for a in aois))
 
 
-def drop_scenario(modality: str, channels: "list[str] | tuple[str, ...]") -> str:
-    """Embedding scenario name for a modality embedded without some of its channels."""
-    return f"drop-{modality}-{'+'.join(channels)}"
+def _representation_stamp(root: str, aoi: str, model: str, name: str, dropped_channels: tuple) -> tuple:
+    return tuple(_mtime(f) for f in source_files(Workspace(root), aoi, model, name, dropped_channels))
 
 
-@st.cache_resource(max_entries=16, show_spinner=False)
-def _features(root: str, aoi: str, model: str, dropped_modalities: tuple, dropped_channels: tuple, stamp: tuple):
-    from core.model import fuse
+@st.cache_resource(max_entries=24, show_spinner="Preparing the representation…")
+def _representation(root: str, aoi: str, model: str, name: str, dropped_modalities: tuple, dropped_channels: tuple,
+                    stamp: tuple) -> RepresentationVectors:
+    # The embeddings come from this module's shared cache, so a representation never loads them twice.
+    def loader(scenario: str) -> Embeddings:
+        return _embeddings(root, aoi, model, scenario, embeddings_stamp(root, aoi, model, scenario))
 
-    full = _embeddings(root, aoi, model, "full", stamp[0])
-    by_mod = {}
-    for mod in full.modalities:
-        if mod in dropped_modalities:
-            continue
-        chans = [c for m, c in dropped_channels if m == mod]
-        src = _embeddings(root, aoi, model, drop_scenario(mod, chans), embeddings_stamp(root, aoi, model, drop_scenario(mod, chans))) if chans else full
-        by_mod[mod] = (src.vectors[mod], src.present[mod])
-    if not by_mod:
-        n = len(full)
-        return np.zeros((n, full.dim), np.float32), np.zeros(n, bool)
-    x, present = fuse({m: v for m, (v, _) in by_mod.items()}, {m: p for m, (_, p) in by_mod.items()})
-    return np.asarray(x, dtype=np.float32), np.asarray(present, dtype=bool)
+    return load_representation(Workspace(root), aoi, model, name, dropped_modalities, dropped_channels,
+                               embeddings=loader, store=store(root, aoi))
 
 
-def probe_features(root: str, aoi: str, model: str, dropped_modalities: tuple[str, ...] = (),
-                   dropped_channels: tuple[tuple[str, str], ...] = ()) -> "tuple[np.ndarray, np.ndarray]":
-    """Fused embeddings [N, D] and presence [N] as if some modalities/channels were missing at inference.
-
-    Towers are independent, so a modality missing channels takes its vectors from the matching
-    `drop-<mod>-<channels>` scenario and the others from `full`; the fused vector is re-made from them.
-    """
-    embeddings(root, aoi, model)
-    for mod in {m for m, _ in dropped_channels}:
-        chans = sorted(c for m, c in dropped_channels if m == mod)
-        scen = drop_scenario(mod, chans)
-        if embeddings_stamp(root, aoi, model, scen) == 0.0:
-            from ui.errors import UserError
-
-            raise UserError(f"Embeddings without {mod} {', '.join(chans)} are not built yet.",
-                            "Press the button below to build them.", "info")
-    stamp = _probe_stamp(root, aoi, model, "embeddings", dropped_channels)[1:]  # the embeddings' stamps
-    dc = tuple(sorted(dropped_channels))
-    return _features(root, aoi, model, tuple(sorted(dropped_modalities)), dc, stamp)
-
-
-@st.cache_resource(max_entries=8, show_spinner="Computing hand-crafted features…")
-def _handcrafted(root: str, aoi: str, stamp: float):
-    from core.features import handcrafted_features
-
-    x = np.asarray(handcrafted_features(_store(root, aoi, stamp)), dtype=np.float32)
-    # A chip missing a modality has NaN statistics: column means keep it usable (as core.evaluate does).
-    with np.errstate(all="ignore"):
-        means = np.nan_to_num(np.nanmean(np.where(np.isfinite(x), x, np.nan), axis=0))
-    bad = ~np.isfinite(x)
-    x[bad] = np.take(means, np.nonzero(bad)[1])
-    return x
-
-
-def handcrafted(root: str, aoi: str) -> "np.ndarray":
-    """Per-chip hand-crafted features (channel statistics) of an AOI: the probes' non-learned baseline."""
-    return _handcrafted(root, aoi, store_stamp(root, aoi))
+def representation(root: str, aoi: str, model: str, name: str, dropped_modalities: tuple[str, ...] = (),
+                   dropped_channels: tuple[tuple[str, str], ...] = ()) -> RepresentationVectors:
+    """core.representations.load_representation, shared read-only: (chip_ids, X, valid) of a named representation."""
+    dm, dc = tuple(sorted(set(dropped_modalities))), tuple(sorted(set(dropped_channels)))
+    try:
+        return _representation(root, aoi, model, name, dm, dc, _representation_stamp(root, aoi, model, name, dc))
+    except EmbeddingError as e:
+        raise UserError(f"The embeddings behind {name!r} of {aoi} for model {model} are not built yet.",
+                        "Press 'Build missing steps' on the Home page (or run `python -m core.pipeline build`).",
+                        "info") from e
 
 
 # Probes: results are small (metrics, a few arrays); the features behind them are found again from the
-# cache keys (AOI, model, what is dropped), so a multi-MB matrix is never hashed per rerun.
-def _probe_inputs(root: str, aoi: str, model: str, features: str, dropped_modalities: tuple, dropped_channels: tuple,
-                  task: str):
-    store = _store(root, aoi, store_stamp(root, aoi))
-    y = store.labels(task).astype(np.float64)
-    if features == "embeddings":
-        x, present = probe_features(root, aoi, model, dropped_modalities, dropped_channels)
-    elif features == "random-init":
-        emb = embeddings(root, aoi, model, "random-init")
-        x, present = emb.get("fused")
-    elif features == "hand-crafted":
-        x = handcrafted(root, aoi)
-        present = np.ones(len(x), dtype=bool)
-    else:
-        raise ValueError(f"unknown feature set {features!r}")
-    return x, y, present
-
-
-def _blocked(root: str, aoi: str, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    from core.probes import probe_split
-
-    index = _store(root, aoi, store_stamp(root, aoi)).index
-    pool, test, _ = probe_split(index["row"].to_numpy(), index["col"].to_numpy(), valid, seed=0)
-    return pool, test
+# cache keys (AOI, model, representation, what is dropped), so a multi-MB matrix is never hashed per rerun.
+def _probe_inputs(root: str, aoi: str, model: str, name: str, dropped_modalities: tuple, dropped_channels: tuple,
+                  task: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """X, y, valid and the spatially blocked (pool, test) split of one probe."""
+    rep = representation(root, aoi, model, name, dropped_modalities, dropped_channels)
+    chips = store(root, aoi)
+    y = chips.labels(task).astype(np.float64)
+    index = chips.index
+    pool, test, _ = probe_split(index["row"].to_numpy(), index["col"].to_numpy(), np.isfinite(y) & rep.valid, seed=0)
+    return rep.X, y, rep.valid, pool, test
 
 
 @st.cache_data(max_entries=256, show_spinner=False)
-def _probe(root, aoi, model, features, dropped_modalities, dropped_channels, task, estimator, budget, repeats, stamp):
-    from core.probes import fit_probe
-
-    x, y, present = _probe_inputs(root, aoi, model, features, dropped_modalities, dropped_channels, task)
-    pool, test = _blocked(root, aoi, np.isfinite(y) & present)
+def _probe(root, aoi, model, name, dropped_modalities, dropped_channels, task, estimator, budget, repeats, stamp):
+    x, y, valid, pool, test = _probe_inputs(root, aoi, model, name, dropped_modalities, dropped_channels, task)
     r = fit_probe(x, y, task=task, estimator=estimator, budget=budget, repeats=repeats, seed=0, pool=pool, test=test,
-                  valid=present)
-    return _probe_dict(r)  # fit_probe(valid=present) already leaves chips without input unpredicted
+                  valid=valid)
+    return _probe_dict(r)  # fit_probe(valid=...) already leaves chips without input unpredicted
 
 
 def probe(root: str, aoi: str, model: str, *, task: str, estimator: str, budget: int | None, repeats: int,
-          features: str = "embeddings", dropped_modalities: tuple[str, ...] = (),
+          representation: str = "fused", dropped_modalities: tuple[str, ...] = (),
           dropped_channels: tuple[tuple[str, str], ...] = ()) -> dict[str, Any]:
     """One few-shot probe (cached): metrics (mean, std) over repeats, test and full-AOI predictions."""
-    stamp = _probe_stamp(root, aoi, model, features, dropped_channels)
-    return _probe(root, aoi, model, features, tuple(sorted(dropped_modalities)), tuple(sorted(dropped_channels)),
-                  task, estimator, budget, int(repeats), stamp)
+    dm, dc = tuple(sorted(set(dropped_modalities))), tuple(sorted(set(dropped_channels)))
+    stamp = _representation_stamp(root, aoi, model, representation, dc)
+    return _probe(root, aoi, model, representation, dm, dc, task, estimator, budget, int(repeats), stamp)
 
 
 @st.cache_data(max_entries=128, show_spinner=False)
-def _curve(root, aoi, model, features, dropped_modalities, dropped_channels, task, estimator, budgets, repeats, stamp):
-    from core.probes import learning_curve
-
-    x, y, present = _probe_inputs(root, aoi, model, features, dropped_modalities, dropped_channels, task)
-    pool, test = _blocked(root, aoi, np.isfinite(y) & present)
+def _curve(root, aoi, model, name, dropped_modalities, dropped_channels, task, estimator, budgets, repeats, stamp):
+    x, y, valid, pool, test = _probe_inputs(root, aoi, model, name, dropped_modalities, dropped_channels, task)
     return learning_curve(x, y, budgets=budgets, task=task, estimator=estimator, repeats=repeats, seed=0, pool=pool,
-                          test=test, valid=present)
+                          test=test, valid=valid)
 
 
 def curve(root: str, aoi: str, model: str, *, task: str, estimator: str, budgets: tuple, repeats: int,
-          features: str = "embeddings", dropped_modalities: tuple[str, ...] = (),
-          dropped_channels: tuple[tuple[str, str], ...] = ()):
-    """Learning curve (score vs label budget) of one feature set (cached; see core.probes.learning_curve)."""
-    stamp = _probe_stamp(root, aoi, model, features, dropped_channels)
-    return _curve(root, aoi, model, features, tuple(sorted(dropped_modalities)), tuple(sorted(dropped_channels)),
-                  task, estimator, tuple(budgets), int(repeats), stamp)
-
-
-def _probe_stamp(root: str, aoi: str, model: str, features: str, dropped_channels: tuple) -> tuple:
-    """What a probe's inputs were built from: the store and the embeddings (incl. drop scenarios) it reads."""
-    if features == "hand-crafted":
-        return (store_stamp(root, aoi),)
-    if features == "random-init":
-        return (store_stamp(root, aoi), embeddings_stamp(root, aoi, model, "random-init"))
-    mods = sorted({m for m, _ in dropped_channels})
-    return (store_stamp(root, aoi), embeddings_stamp(root, aoi, model)) + tuple(
-        embeddings_stamp(root, aoi, model, drop_scenario(m, sorted(c for mm, c in dropped_channels if mm == m)))
-        for m in mods)
+          representation: str = "fused", dropped_modalities: tuple[str, ...] = (),
+          dropped_channels: tuple[tuple[str, str], ...] = ()) -> pd.DataFrame:
+    """Learning curve (score vs label budget) of one representation (cached; see core.probes.learning_curve)."""
+    dm, dc = tuple(sorted(set(dropped_modalities))), tuple(sorted(set(dropped_channels)))
+    stamp = _representation_stamp(root, aoi, model, representation, dc)
+    return _curve(root, aoi, model, representation, dm, dc, task, estimator, tuple(budgets), int(repeats), stamp)
 
 
 def _probe_dict(r: Any) -> dict[str, Any]:
@@ -358,68 +292,54 @@ def _probe_dict(r: Any) -> dict[str, Any]:
 # ----------------------------------------------------------------------------------------- few-shot mapping
 # A label set is passed as plain tuples (chip_id, label): the cache key is the labels themselves, so a
 # new label refits and a threshold move does not. The fit and the suggestions are core.mapping's.
-def _label_tuples(label_set: Any) -> tuple[tuple[str, str], ...]:
+def _label_tuples(label_set: LabelSet) -> tuple[tuple[str, str], ...]:
     return tuple(zip(label_set.labels["chip_id"].tolist(), label_set.labels["label"].tolist()))
 
 
 @st.cache_data(max_entries=64, show_spinner="Training the map…")
-def _label_map(root, aoi, model, representation, estimator, name, kind, classes, labels, stamp):
-    import pandas as pd
-
-    from core.mapping import fit_label_map
-    from data.labelsets import LabelSet
-
-    emb = _embeddings(root, aoi, model, "full", stamp)
-    X, valid = emb.get(representation)
+def _label_map(root, aoi, model, rep, estimator, name, kind, classes, labels, stamp):
+    vectors = representation(root, aoi, model, rep)
     label_set = LabelSet(aoi, name, kind, list(classes), pd.DataFrame(list(labels), columns=["chip_id", "label"]))
-    return fit_label_map(X, valid, emb.chip_ids, label_set, estimator=estimator, representation=representation)
+    return fit_label_map(vectors.X, vectors.valid, vectors.chip_ids, label_set, estimator=estimator, representation=rep)
 
 
-def label_map(root: str, aoi: str, model: str, representation: str, estimator: str, label_set: Any):
+def label_map(root: str, aoi: str, model: str, rep: str, estimator: str, label_set: LabelSet):
     """core.mapping.fit_label_map of a label set on one representation (cached by the labels; MappingError passes)."""
     embeddings(root, aoi, model)
-    return _label_map(root, aoi, model, representation, estimator, label_set.name, label_set.kind,
-                      tuple(label_set.classes), _label_tuples(label_set), embeddings_stamp(root, aoi, model))
+    return _label_map(root, aoi, model, rep, estimator, label_set.name, label_set.kind, tuple(label_set.classes),
+                      _label_tuples(label_set), _representation_stamp(root, aoi, model, rep, ()))
 
 
 @st.cache_data(max_entries=64, show_spinner="Picking chips to label next…")
-def _suggestions(root, aoi, model, representation, estimator, name, kind, classes, labels, k, fitted, stamp):
-    from core.mapping import suggest_next
-
-    emb = _embeddings(root, aoi, model, "full", stamp)
-    X, valid = emb.get(representation)
-    lookup = _lookup(root, aoi, model, stamp)
-    labelled = np.zeros(len(X), dtype=bool)
-    labelled[[lookup[c] for c, _ in labels if c in lookup]] = True
+def _suggestions(root, aoi, model, rep, estimator, name, kind, classes, labels, k, fitted, stamp):
+    vectors = representation(root, aoi, model, rep)
+    labelled = np.isin(vectors.chip_ids.astype(str), [c for c, _ in labels])
     predictions = None
     if fitted:
-        predictions = _label_map(root, aoi, model, representation, estimator, name, kind, classes, labels, stamp).predictions
-    return suggest_next(X, valid, labelled, predictions, k, seed=0)
+        predictions = _label_map(root, aoi, model, rep, estimator, name, kind, classes, labels, stamp).predictions
+    return suggest_next(vectors.X, vectors.valid, labelled, predictions, k, seed=0)
 
 
-def suggestions(root: str, aoi: str, model: str, representation: str, estimator: str, label_set: Any, k: int,
+def suggestions(root: str, aoi: str, model: str, rep: str, estimator: str, label_set: LabelSet, k: int,
                 fitted: bool) -> np.ndarray:
     """core.mapping.suggest_next positions (uncertain and diverse with a fitted map, diverse only without one)."""
     embeddings(root, aoi, model)
-    return _suggestions(root, aoi, model, representation, estimator, label_set.name, label_set.kind,
-                        tuple(label_set.classes), _label_tuples(label_set), int(k), bool(fitted),
-                        embeddings_stamp(root, aoi, model))
+    return _suggestions(root, aoi, model, rep, estimator, label_set.name, label_set.kind, tuple(label_set.classes),
+                        _label_tuples(label_set), int(k), bool(fitted), _representation_stamp(root, aoi, model, rep, ()))
 
 
 @st.cache_data(max_entries=64, show_spinner="Applying the map to another AOI…")
-def _applied_map(root, aoi, model, representation, estimator, name, kind, classes, labels, stamp, other, other_stamp):
-    from core.mapping import predict_other
-
-    result = _label_map(root, aoi, model, representation, estimator, name, kind, classes, labels, stamp)
-    X, valid = _embeddings(root, other, model, "full", other_stamp).get(representation)
-    return predict_other(result, X, valid)
+def _applied_map(root, aoi, model, rep, estimator, name, kind, classes, labels, stamp, other, other_stamp):
+    result = _label_map(root, aoi, model, rep, estimator, name, kind, classes, labels, stamp)
+    vectors = representation(root, other, model, rep)
+    return predict_other(result, vectors.X, vectors.valid)
 
 
-def applied_map(root: str, aoi: str, model: str, representation: str, estimator: str, label_set: Any,
+def applied_map(root: str, aoi: str, model: str, rep: str, estimator: str, label_set: LabelSet,
                 other: str) -> np.ndarray:
     """core.mapping.predict_other: the label set's map (fitted on `aoi`) over another AOI's chips, cached by the labels."""
     embeddings(root, aoi, model)
     embeddings(root, other, model)   # the UserError with the fix when the other AOI has no embeddings yet
-    return _applied_map(root, aoi, model, representation, estimator, label_set.name, label_set.kind,
-                        tuple(label_set.classes), _label_tuples(label_set), embeddings_stamp(root, aoi, model),
-                        other, embeddings_stamp(root, other, model))
+    return _applied_map(root, aoi, model, rep, estimator, label_set.name, label_set.kind, tuple(label_set.classes),
+                        _label_tuples(label_set), _representation_stamp(root, aoi, model, rep, ()),
+                        other, _representation_stamp(root, other, model, rep, ()))

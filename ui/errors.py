@@ -13,6 +13,9 @@ from typing import Iterator, Literal
 
 import streamlit as st
 
+from core.representations import RepresentationError
+from core.search import SearchError
+
 log = logging.getLogger("eo.app")
 
 Level = Literal["info", "warning", "error"]
@@ -33,6 +36,8 @@ def explain(exc: BaseException) -> tuple[Level, str]:
     """The level and the one-paragraph message shown for an exception."""
     if isinstance(exc, UserError):
         return exc.level, str(exc)
+    if isinstance(exc, (SearchError, RepresentationError)):
+        return "warning", str(exc)  # core's errors that carry their fix read like the app's own
     name = type(exc).__name__
     text = str(exc).strip() or name
     if name == "StoreError":

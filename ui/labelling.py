@@ -12,11 +12,12 @@ import dataclasses
 import functools
 from typing import Collection, Sequence
 
+import matplotlib
 import numpy as np
 import pandas as pd
 import streamlit as st
 
-from core.mapping import EXPORT_FORMATS, MapResult, detections, export_label_set, export_map, map_provenance
+from core.mapping import EXPORT_FORMATS, MapResult, MappingError, detections, export_label_set, export_map, map_provenance
 from data.labelsets import LabelSet, LabelSetError, list_label_sets, load_label_set, save_label_set
 from data.store import ChipStore
 from data.workspace import Workspace
@@ -176,8 +177,6 @@ def fittable(label_set: LabelSet) -> bool:
 def fit(root: str, aoi: str, model: str, representation: str, estimator: str, label_set: LabelSet) -> MapResult | None:
     """The label set's map on a representation, None until it can be trained; core's refusals are shown as a warning
     (not raised: the map stays on the page so that the analyst can label the chips it asks for)."""
-    from core.mapping import MappingError
-
     if not fittable(label_set):
         return None
     try:
@@ -313,8 +312,6 @@ def _palette(label_set: LabelSet) -> dict[str, tuple]:
         return dict(_CLASS_RGBA)
     if label_set.kind == "fraction":
         return {}
-    import matplotlib
-
     cmap = matplotlib.colormaps["tab10"]
     return {c: tuple(int(v * 255) for v in cmap(i % 10)[:3]) + (255,) for i, c in enumerate(label_set.classes)}
 

@@ -8,6 +8,10 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
+from core import pipeline
+from core.embed import embed_aoi
+from core.progress import clamp_fraction
+from core.representations import HAND_CRAFTED, RANDOM_INIT, drop_scenarios_needed
 from ui import cache
 from ui.errors import UserError
 
@@ -28,11 +32,8 @@ def default_budget(options: Sequence) -> Any:
 
 def ensure_drop_embeddings(ctx: Any, model: str, dropped_channels: Sequence[tuple[str, str]]) -> None:
     """Offer to build the embeddings of a missing-channel scenario (with progress) when they are absent."""
-    from core.embed import embed_aoi
-
-    for mod in sorted({m for m, _ in dropped_channels}):
+    for mod, scenario in drop_scenarios_needed(dropped_channels).items():
         chans = sorted(c for m, c in dropped_channels if m == mod)
-        scenario = cache.drop_scenario(mod, chans)
         if cache.embeddings_stamp(ctx.root, ctx.aoi, model, scenario):
             continue
         st.info(f"Embeddings of {ctx.aoi} without {mod} {', '.join(chans)} are not built yet "
@@ -42,7 +43,7 @@ def ensure_drop_embeddings(ctx: Any, model: str, dropped_channels: Sequence[tupl
         with st.status(f"Embedding {ctx.aoi} without {mod} {', '.join(chans)}…", expanded=True) as box:
             bar = st.progress(0.0)
             embed_aoi(ctx.workspace, ctx.aoi, ctx.checkpoint, scenario, progress=False,
-                      progress_cb=lambda f, m: bar.progress(min(max(float(f), 0.0), 1.0), text=m))
+                      progress_cb=lambda f, m: bar.progress(clamp_fraction(f), text=m))
             box.update(label=f"Built {scenario}.", state="complete", expanded=False)
 
 
@@ -111,10 +112,10 @@ def curves(ctx: Any, model: str, task: str, estimator: str, repeats: int, spec: 
     metric = "f1" if estimator == "logistic" else "r2"
     frames = [_curve_frame(cache.curve(ctx.root, ctx.aoi, model, task=task, estimator=estimator, budgets=budgets,
                                        repeats=repeats, **spec), "embeddings (this setting)", metric)]
-    for features, label in (("random-init", "random-init embeddings"), ("hand-crafted", "hand-crafted features")):
+    for name, label in ((RANDOM_INIT, "random-init embeddings"), (HAND_CRAFTED, "hand-crafted features")):
         try:
             table = cache.curve(ctx.root, ctx.aoi, model, task=task, estimator=estimator, budgets=budgets,
-                                repeats=repeats, features=features)
+                                repeats=repeats, representation=name)
         except UserError as e:
             st.caption(f"No {label} baseline: {e}")
             continue
@@ -149,12 +150,10 @@ def all_predictions(result: dict, n: int) -> np.ndarray:
 
 def ensure_random_init(ctx: Any, model: str) -> None:
     """Build the random-init baseline embeddings of the AOI on first use (a few seconds), with progress."""
-    from core import pipeline
-
-    if cache.embeddings_stamp(ctx.root, ctx.aoi, model, "random-init"):
+    if cache.embeddings_stamp(ctx.root, ctx.aoi, model, RANDOM_INIT):
         return
     with st.status("Embedding the AOI with the untrained model (the random-init baseline, once)…", expanded=True) as box:
         bar = st.progress(0.0)
         pipeline.build(ctx.workspace, [ctx.aoi], ["random-init"], checkpoint=ctx.checkpoint, progress=False,
-                       progress_cb=lambda step, f, m: bar.progress(f, text=m))
+                       progress_cb=lambda f, m: bar.progress(clamp_fraction(f), text=m))
         box.update(label="Random-init baseline ready.", state="complete", expanded=False)
