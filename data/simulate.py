@@ -47,7 +47,7 @@ from data.landcover import (
     utm_epsg,
 )
 from data.sensors import RENDERERS, BlockView, parse_channels
-from data.store import ChipStore, ChipStoreWriter, StoreError, StoreMeta
+from data.store import ChipStore, ChipStoreWriter, StoreError, StoreMeta, read_store_meta, rebuild_command, verify_store
 from data.workspace import Workspace
 
 SIMULATOR_VERSION = 2  # 2: lot-level urban materials and SAR double bounce, footprint mixing, acquisition effects
@@ -226,6 +226,36 @@ def _request(p: AOIProfile, rows: range, cols: range, seed: int, chip_size: int,
     }
 
 
+class RealDataInTheWay(StoreError, FileExistsError):
+    """The simulator was asked to write where a real (ingested) store, or an unknown folder, lies."""
+
+
+def refuse_real_data(path: "str | Path") -> None:
+    """Raise RealDataInTheWay unless `path` is absent or holds a store that store.json marks simulated.
+
+    A damaged store that carries a demo AOI's name may hold someone's ingested data: regenerating over it
+    would destroy it, so that is left to the user, whatever `overwrite` says.
+    """
+    path = Path(path)
+    if not path.exists():
+        return
+    meta = read_store_meta(path)
+    if meta is not None and meta.simulated:
+        return
+    health = verify_store(path)
+    state = "" if health == "ok" else f" ({health.removeprefix('damaged: ').split('; rebuild with')[0]})"
+    if meta is None:
+        raise RealDataInTheWay(
+            f"{path} is not a store the simulator wrote (no readable store.json){state}: the simulator never writes "
+            "over data it did not make; move or delete that folder yourself, then run again"
+        )
+    raise RealDataInTheWay(
+        f"{path} holds real (ingested, simulated=false) data named {meta.aoi!r}{state}: the simulator never "
+        f"writes over real data; rebuild it from its sources with `{rebuild_command(meta)}`, or move it away and "
+        "run again"
+    )
+
+
 def simulate_store(
     path: "str | Path",
     aoi: "str | AOIProfile",
@@ -253,6 +283,7 @@ def simulate_store(
     col0 = (p.grid_cols - n_cols) // 2 if col0 is None else col0
     rows, cols = range(row0, row0 + n_rows), range(col0, col0 + n_cols)
     make_grid(p, rows, cols, chip_size)  # fail early, before creating anything
+    refuse_real_data(path)
     chans = resolve_channels(channels)
     rates = resolve_missing_rates(missing_rates)
     crs, east, north = grid_frame(p, int(seed))
@@ -311,6 +342,8 @@ def _store_status(path: Path, request: dict) -> str:
         store = ChipStore.open(path)
     except StoreError:
         return "broken"
+    if store.verify().startswith("damaged"):
+        return "broken"
     built = store.meta.extra.get("request")
     if built == request:
         return "ok"
@@ -361,6 +394,8 @@ def build_default_stores(
         request = _request(p, range(row0, row0 + n_rows), range(col0, col0 + n_cols), seed, chip_size, chans, rates, dtype)
         path = ws.store_path(name)
         status = _store_status(path, request)
+        if status != "absent":
+            refuse_real_data(path)  # here, not in a worker process, so the CLI prints it as one line
         if status == "ok" and not overwrite:
             result[name] = "skipped"
             continue

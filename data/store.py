@@ -12,8 +12,10 @@ write leaves nothing that `ChipStore.open` would accept.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
+import shlex
 import shutil
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
@@ -35,6 +37,11 @@ _AOI_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
 _REBUILD_HINT = (
     "rebuild it with `python -m data.simulate` (simulated AOIs) or `python -m data.ingest` (your own data)"
 )
+# The small files whose size and checksum `verify` always compares (the Zarr chunks are checked for
+# presence and size only, unless deep).
+_SMALL_FILES = ("chips.parquet",)
+# zstd frame checksums make a flipped byte inside a chunk fail at read time instead of decoding to garbage.
+_CHUNK_COMPRESSOR = zarr.codecs.ZstdCodec(level=0, checksum=True)
 
 
 class StoreError(Exception):
@@ -91,6 +98,32 @@ def availability_columns(modality: str, channels: Sequence[str]) -> list[str]:
     return [f"has_{modality}_{c}" for c in channels]
 
 
+def _sha256(path: Path) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def file_manifest(root: Path) -> dict[str, list]:
+    """`{relative path: [size, sha256]}` of every file of a store folder except store.json."""
+    root = Path(root)
+    out = {}
+    for f in sorted(root.rglob("*")):
+        if f.is_file() and f.name != "store.json":
+            out[f.relative_to(root).as_posix()] = [f.stat().st_size, _sha256(f)]
+    return out
+
+
+def rebuild_command(meta: StoreMeta) -> str:
+    """The command that rebuilds a store from its sources (recorded at ingest, or derived from its kind)."""
+    if meta.simulated:
+        return f"python -m data.simulate --aoi {shlex.quote(meta.aoi)} --overwrite"
+    ingest = meta.extra.get("ingest", {})
+    if ingest.get("command"):
+        return str(ingest["command"])
+    kind = ingest.get("kind", "<source>")
+    return f"python -m data.ingest {kind} <the same inputs> --aoi {shlex.quote(meta.aoi)} --overwrite"
+
+
 class ChipStoreWriter:
     """Write a chip store in batches, in bounded memory; atomic on close (context manager)."""
 
@@ -126,6 +159,7 @@ class ChipStoreWriter:
                 shards=(shard_chips, len(chans), s, s),
                 dtype=self.dtype,
                 fill_value=np.nan,
+                compressors=_CHUNK_COMPRESSOR,
             )
             a.attrs.update(
                 {"channels": list(chans), "units": m.units, "norm_mean": mean.tolist(), "norm_std": std.tolist()}
@@ -223,6 +257,8 @@ class ChipStoreWriter:
                     "dtype": str(self.dtype),
                     "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                     "meta": asdict(self.meta),
+                    # written last, over every other file of the store: what `ChipStore.verify` compares
+                    "integrity": file_manifest(self.tmp),
                 },
             )
             replace_dir(self.tmp, self.path, self.overwrite)
@@ -243,6 +279,7 @@ class ChipStore:
     def __init__(self, path: Path, meta: StoreMeta, index: gpd.GeoDataFrame, arrays: dict[str, Any], info: dict):
         self.path, self.meta, self.index, self._arrays, self.info = path, meta, index, arrays, info
         self._pos = pd.Series(np.arange(len(index)), index=index["chip_id"].to_numpy())
+        self._recorded: dict[str, np.ndarray] = {}  # modality -> has_<modality>_<channel> [N, C], read lazily
 
     @classmethod
     def open(cls, path: Path) -> "ChipStore":
@@ -326,9 +363,13 @@ class ChipStore:
         self._check_modality(modality)
         a = self._arrays[modality]
         if isinstance(positions, (int, np.integer)):
-            return np.asarray(a[int(positions)], dtype=np.float32)
+            p = int(positions)
+            p = p + len(self) if p < 0 else p
+            if not 0 <= p < len(self):
+                raise IndexError(f"position {positions} out of range for a store of {len(self)} chips")
+            return self._read_checked(modality, np.array([p]), lambda: a[p][None])[0]
         if isinstance(positions, slice):
-            return np.asarray(a[positions], dtype=np.float32)
+            return self._read_checked(modality, np.arange(len(self))[positions], lambda: a[positions])
         pos = np.asarray(positions, dtype=np.int64)
         if pos.size == 0:
             return np.empty((0,) + tuple(a.shape[1:]), dtype=np.float32)
@@ -336,8 +377,81 @@ class ChipStore:
             raise IndexError(f"positions out of range for a store of {len(self)} chips")
         # Zarr reads sorted unique positions fastest; restore the caller's order afterwards.
         uniq, inverse = np.unique(pos, return_inverse=True)
-        block = a.oindex[uniq] if len(uniq) > 1 else a[int(uniq[0])][None]
-        return np.asarray(block, dtype=np.float32)[inverse]
+        block = self._read_checked(modality, uniq, lambda: a.oindex[uniq] if len(uniq) > 1 else a[int(uniq[0])][None])
+        return block[inverse]
+
+    def _read_checked(self, modality: str, pos: np.ndarray, read) -> np.ndarray:
+        """Run a Zarr read of chips `pos` and check it against the recorded per-channel availability.
+
+        A deleted chunk reads as the fill value (NaN), which would look like "modality missing"; a damaged
+        one fails to decode (zstd/crc32c checksums). Both become a StoreError naming the chip and the fix.
+        """
+        try:
+            block = np.asarray(read(), dtype=np.float32)
+        except Exception as e:  # zarr/numcodecs raise ValueError, RuntimeError, ... for damaged bytes
+            raise StoreError(
+                f"store {self.meta.aoi!r}: the {modality} data of chip(s) {self._chip_names(pos)} cannot be read "
+                f"({type(e).__name__}: {e}); the Zarr chunk is damaged: rebuild with `{rebuild_command(self.meta)}`"
+            ) from None
+        if modality not in self._recorded:
+            self._recorded[modality] = self.channel_available(modality)
+        present = np.isfinite(block).any(axis=(2, 3))  # [n, C]
+        bad = np.nonzero((present != self._recorded[modality][pos]).any(axis=1))[0]
+        if len(bad):
+            lost = bool((~present[bad] & self._recorded[modality][pos[bad]]).any())
+            what = ("is recorded present but reads as missing (its Zarr chunk was deleted or emptied)" if lost
+                    else "does not match the recorded availability (its Zarr chunk was replaced)")
+            raise StoreError(
+                f"store {self.meta.aoi!r}: the {modality} data of chip(s) {self._chip_names(pos[bad])} {what}: "
+                f"rebuild with `{rebuild_command(self.meta)}`"
+            )
+        return block
+
+    def _chip_names(self, pos: np.ndarray, limit: int = 3) -> str:
+        ids = self.index["chip_id"].iloc[np.asarray(pos[:limit], dtype=np.int64)].tolist()
+        more = f" and {len(pos) - limit} more" if len(pos) > limit else ""
+        return ", ".join(map(str, ids)) + more
+
+    def verify(self, deep: bool = False) -> str:
+        """Check the store against the sizes and checksums recorded at write time.
+
+        Cheap (default): every recorded file is present with its size, the small files (chip index, Zarr
+        metadata) match their checksums, and no unrecorded chunk appeared. `deep` also checksums every Zarr
+        chunk. Returns "ok" or "damaged: <what>; rebuild with `<command>`".
+        """
+        recorded = self.info.get("integrity")
+        if not isinstance(recorded, dict):
+            return "ok (no checksums recorded: written before they were; only the index and array shapes were checked)"
+        problems = []
+        for rel, (size, digest) in recorded.items():
+            f = self.path / rel
+            if not f.is_file():
+                problems.append(f"{rel} is missing{self._chunk_note(rel)}")
+            elif f.stat().st_size != size:
+                problems.append(f"{rel} has {f.stat().st_size} bytes, {size} were written{self._chunk_note(rel)}")
+            elif (deep or _is_small(rel)) and _sha256(f) != digest:
+                problems.append(f"{rel} does not match its checksum{self._chunk_note(rel)}")
+        zroot = self.path / "arrays.zarr"
+        extra = [f.relative_to(self.path).as_posix() for f in zroot.rglob("*") if f.is_file()] if zroot.is_dir() else []
+        problems += [f"{rel} was not written with the store" for rel in extra if rel not in recorded]
+        if not problems:
+            return "ok"
+        more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
+        return f"damaged: {'; '.join(problems[:3])}{more}; rebuild with `{rebuild_command(self.meta)}`"
+
+    def _chunk_note(self, rel: str) -> str:
+        """`: chips <first>..<last> of <modality>` for a Zarr shard path (empty for other files)."""
+        parts = rel.split("/")
+        if len(parts) < 4 or parts[0] != "arrays.zarr" or parts[2] != "c" or parts[1] not in self._arrays:
+            return ""
+        a = self._arrays[parts[1]]
+        per = (a.shards or a.chunks)[0]
+        first = int(parts[3]) * per
+        last = min(first + per, len(self)) - 1
+        if first >= len(self):
+            return ""
+        ids = self.index["chip_id"]
+        return f" (the {parts[1]} data of chips {ids.iloc[first]}..{ids.iloc[last]})"
 
     def positions_of(self, chip_ids: str | Sequence[str]) -> np.ndarray:
         """Store positions of chip ids (KeyError naming the unknown ones)."""
@@ -379,6 +493,27 @@ class ChipStore:
         """Per-chip, per-channel presence `[N, C]` of a stored modality."""
         cols = availability_columns(modality, self.channels(modality))
         return self.index[cols].to_numpy(dtype=bool)
+
+
+def _is_small(rel: str) -> bool:
+    """Files checksummed even by a cheap verify: the chip index and the Zarr metadata."""
+    return rel in _SMALL_FILES or rel.endswith("zarr.json")
+
+
+def read_store_meta(path: Path) -> StoreMeta | None:
+    """The StoreMeta in a folder's store.json, or None when it is missing or unreadable (never raises)."""
+    try:
+        return StoreMeta.from_dict(json.loads((Path(path) / "store.json").read_text())["meta"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def verify_store(path: Path, deep: bool = False) -> str:
+    """`ChipStore.verify` of the store at `path`, or "damaged: <why it does not open>" (never raises)."""
+    try:
+        return ChipStore.open(path).verify(deep=deep)
+    except StoreError as e:
+        return f"damaged: {e}"
 
 
 def _box(minx: float, miny: float, maxx: float, maxy: float):

@@ -184,3 +184,128 @@ def test_workspace_paths_and_manifest(tiny_store, tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="outside the workspace"):
         ws.confine("/etc/passwd")
     assert ws.confine("stores/tiny") == ws.store_path("tiny")
+
+
+# ----------------------------------------------------------------------------------------------- integrity
+
+
+def _shard(store: ChipStore, modality: str, k: int = 0):
+    return store.path / "arrays.zarr" / modality / "c" / str(k) / "0" / "0" / "0"
+
+
+def test_deleted_chunk_is_an_error_not_a_missing_modality(tiny_store):
+    assert tiny_store.verify() == "ok" and tiny_store.verify(deep=True) == "ok"
+    _shard(tiny_store, "s1amp", 1).unlink()  # chips 16..31
+    store = ChipStore.open(tiny_store.path)
+    np.testing.assert_array_equal(store.read("s1amp", 0).shape, (2, 8, 8))  # other shards still read
+    with pytest.raises(StoreError, match=r"tiny-00016.*recorded present but reads as missing.*data.simulate --aoi tiny"):
+        store.read("s1amp", 16)
+    with pytest.raises(StoreError, match="tiny-00016"):
+        store.read("s1amp", np.arange(10, 20))
+    with pytest.raises(StoreError, match="reads as missing"):
+        ChipDataset(store)[20]
+    status = store.verify()
+    assert status.startswith("damaged: arrays.zarr/s1amp/c/1/0/0/0 is missing (the s1amp data of chips tiny-00016..tiny-00031)")
+    assert "rebuild with `python -m data.simulate --aoi tiny --overwrite`" in status
+
+
+def test_corrupt_chunk_fails_on_read_and_deep_verify(tiny_store):
+    f = _shard(tiny_store, "s2rgb", 0)
+    b = bytearray(f.read_bytes())
+    b[40:48] = bytes(x ^ 0xFF for x in b[40:48])  # flip bytes inside the first chunk, size unchanged
+    f.write_bytes(bytes(b))
+    store = ChipStore.open(tiny_store.path)
+    assert store.verify() == "ok"  # the cheap check compares sizes of chunks only
+    assert store.verify(deep=True).startswith("damaged: arrays.zarr/s2rgb/c/0/0/0/0 does not match its checksum")
+    with pytest.raises(StoreError, match=r"s2rgb data of chip\(s\) tiny-00000 cannot be read.*chunk is damaged"):
+        store.read("s2rgb", 0)
+    f.write_bytes(bytes(b[: len(b) // 2]))  # truncated
+    assert "has " in ChipStore.open(tiny_store.path).verify() and "bytes" in ChipStore.open(tiny_store.path).verify()
+
+
+def test_verify_small_files_and_unreadable_store(tiny_store):
+    from data.store import verify_store
+
+    idx = tiny_store.path / "chips.parquet"
+    b = bytearray(idx.read_bytes())
+    b[len(b) // 2] ^= 0xFF
+    idx.write_bytes(bytes(b))
+    status = verify_store(tiny_store.path)
+    assert status.startswith("damaged:") and ("chips.parquet" in status)
+    (tiny_store.path / "store.json").unlink()
+    assert verify_store(tiny_store.path).startswith("damaged: ") and "store.json is missing" in verify_store(tiny_store.path)
+
+
+def test_unrecorded_chunk_is_damage(tmp_path):
+    meta = make_meta()
+    with ChipStoreWriter(tmp_path / "t", meta, shard_chips=4) as w:
+        arrays, rows = make_batch(meta, 0, 8)
+        arrays["s1amp"][4:8] = np.nan  # second shard of s1amp is never written
+        w.append(arrays, rows)
+    store = ChipStore.open(tmp_path / "t")
+    assert store.verify() == "ok"
+    import shutil
+
+    dst = store.path / "arrays.zarr" / "s1amp" / "c" / "1" / "0" / "0" / "0"
+    dst.parent.mkdir(parents=True)
+    shutil.copy(_shard(store, "s1amp", 0), dst)
+    assert "arrays.zarr/s1amp/c/1/0/0/0 was not written with the store" in store.verify()
+    with pytest.raises(StoreError, match="does not match the recorded availability"):
+        store.read("s1amp", 5)
+
+
+def _real_store_named(path, aoi: str) -> ChipStore:
+    """A small real (simulated=False) store at `path` that carries a demo AOI's name."""
+    meta = make_meta(aoi=aoi)
+    meta.simulated = False
+    meta.extra = {"ingest": {"kind": "geotiff", "command": f"python -m data.ingest geotiff --s2 x.tif --aoi {aoi} --overwrite"}}
+    with ChipStoreWriter(path, meta, shard_chips=4) as w:
+        w.append(*make_batch(meta, 0, 8))
+    return ChipStore.open(path)
+
+
+def test_simulator_never_regenerates_over_a_damaged_real_store(tmp_path):
+    from data.landcover import DEFAULT_AOIS
+    from data.simulate import RealDataInTheWay, build_default_stores, main as simulate_main
+
+    aoi = DEFAULT_AOIS[0]
+    ws = Workspace(tmp_path / "ws")
+    store = _real_store_named(ws.store_path(aoi), aoi)
+    _shard(store, "s2rgb", 1).unlink()
+    before = sorted(p.name for p in store.path.rglob("*"))
+    for overwrite in (False, True):
+        with pytest.raises(RealDataInTheWay, match=rf"holds real \(ingested, simulated=false\) data named '{aoi}' "
+                                                    r"\(arrays.zarr/s2rgb/c/1/0/0/0 is missing.*never writes over real data"):
+            build_default_stores(ws, aois=[aoi], n_rows=2, n_cols=2, chip_size=8, workers=1, overwrite=overwrite,
+                                 progress=False)
+    assert sorted(p.name for p in store.path.rglob("*")) == before  # nothing touched
+    assert simulate_main(["--workspace", str(ws.root), "--aoi", aoi, "--rows", "2", "--cols", "2", "--chip-size", "8",
+                          "--workers", "1", "--overwrite"]) == 2
+    (store.path / "store.json").unlink()
+    with pytest.raises(RealDataInTheWay, match="not a store the simulator wrote"):
+        build_default_stores(ws, aois=[aoi], n_rows=2, n_cols=2, chip_size=8, workers=1, progress=False)
+
+
+def test_damaged_simulated_store_is_rebuilt_and_status_says_damaged(tmp_path):
+    from core.pipeline import status
+    from data.landcover import DEFAULT_AOIS
+    from data.simulate import build_default_stores
+
+    aoi = DEFAULT_AOIS[0]
+    ws = Workspace(tmp_path / "ws")
+    kw = dict(aois=[aoi], n_rows=2, n_cols=2, chip_size=8, workers=1, progress=False)
+    assert build_default_stores(ws, **kw) == {aoi: "built"}
+    row = status(ws, aois=[aoi], steps=["store"]).iloc[0]
+    assert row.state == "built"
+    shard = next((ws.store_path(aoi) / "arrays.zarr" / "s2rgb").rglob("c/*/0/0/0"))
+    shard.unlink()
+    row = status(ws, aois=[aoi], steps=["store"]).iloc[0]
+    assert row.state == "damaged"
+    assert row.detail.startswith(f"rebuild with `python -m data.simulate --aoi {aoi} --overwrite`: arrays.zarr/s2rgb/c/0/0/0/0 is missing")
+    assert build_default_stores(ws, **kw) == {aoi: "rebuilt"}
+    assert status(ws, aois=[aoi], steps=["store"]).iloc[0].state == "built"
+
+    real = _real_store_named(tmp_path / "ws2" / "stores" / "mine", "mine")
+    _shard(real, "s1amp", 0).unlink()
+    row = status(Workspace(tmp_path / "ws2"), aois=["mine"], steps=["store"]).iloc[0]
+    assert row.state == "damaged" and row.detail.startswith("rebuild with `python -m data.ingest geotiff --s2 x.tif --aoi mine")
