@@ -23,6 +23,7 @@ from typing import Mapping, Sequence
 
 import geopandas as gpd
 import numpy as np
+import pandas as pd
 import shapely
 from pyproj import Transformer
 from tqdm import tqdm
@@ -242,6 +243,8 @@ def refuse_real_data(path: "str | Path") -> None:
     meta = read_store_meta(path)
     if meta is not None and meta.simulated:
         return
+    if meta is None and _index_says_simulated(path):  # store.json lost, but the chip index still says so
+        return
     health = verify_store(path)
     state = "" if health == "ok" else f" ({health.removeprefix('damaged: ').split('; rebuild with')[0]})"
     if meta is None:
@@ -254,6 +257,15 @@ def refuse_real_data(path: "str | Path") -> None:
         f"writes over real data; rebuild it from its sources with `{rebuild_command(meta)}`, or move it away and "
         "run again"
     )
+
+
+def _index_says_simulated(path: Path) -> bool:
+    """Whether the chip index of a store folder marks every chip simulated (False when unreadable)."""
+    try:
+        col = pd.read_parquet(Path(path) / "chips.parquet", columns=["simulated"])["simulated"]
+    except Exception:  # pyarrow raises several types for a missing or damaged file
+        return False
+    return len(col) > 0 and bool(col.all())
 
 
 def simulate_store(
