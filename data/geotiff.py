@@ -100,8 +100,26 @@ class RasterInfo:
         return abs(self.transform.a), abs(self.transform.e)
 
 
+def check_all_blocks(src, path: str | Path) -> None:
+    """Decode every block of every band, so a damaged inner tile fails here, before any store is started.
+
+    Reading only the last block catches a truncated download but not a corrupt tile in the middle (a bad
+    sector, a broken copy). One block at a time keeps memory at one block; GDAL decodes each tile once.
+    """
+    for band in range(1, src.count + 1):
+        for (row, col), win in src.block_windows(band):
+            try:
+                src.read(band, window=win)
+            except RasterioError as e:
+                raise IngestError(
+                    f"{path}: reading pixels failed in block (row {row}, col {col}) of band {band} (x {win.col_off}.."
+                    f"{win.col_off + win.width}, y {win.row_off}..{win.row_off + win.height}: {_gdal_reason(e)}); the "
+                    "file is truncated or corrupt: re-download or re-export it"
+                ) from None
+
+
 def inspect_raster(path: str | Path, *, require_crs: bool = True) -> RasterInfo:
-    """Open, validate (CRS, north-up, readable last block) and describe a raster file."""
+    """Open, validate (CRS, north-up, every block decodable) and describe a raster file."""
     path = Path(path)
     with open_raster(path) as src:
         if require_crs and not src.crs:
@@ -117,14 +135,7 @@ def inspect_raster(path: str | Path, *, require_crs: bool = True) -> RasterInfo:
             )
         if t == Affine.identity() and not src.gcps[0]:
             raise IngestError(f"{path} has no georeferencing (identity transform): georeference it first")
-        # Truncation usually cuts the end of the file: read the last block of the last band (cheap) so a
-        # broken download fails here, before any store is started.
-        bh, bw = src.block_shapes[-1]
-        win = Window(
-            (src.width - 1) // bw * bw, (src.height - 1) // bh * bh,
-            min(bw, src.width - (src.width - 1) // bw * bw), min(bh, src.height - (src.height - 1) // bh * bh),
-        )
-        read_checked(src, path, indexes=src.count, window=win)
+        check_all_blocks(src, path)
         return RasterInfo(
             path=path,
             crs=src.crs,

@@ -7,6 +7,7 @@ Subcommands (each writes `<workspace>/stores/<aoi>/` unless `--out` is given):
     bigearthnet   BigEarthNet-MM S1/S2 patch folders (one chip per pair, CORINE presence flags)
     sen1floods11  Sen1Floods11 hand-labelled scenes (S1Hand, S2Hand, LabelHand -> flood-time water)
     m3leo         M3LEO-style <aoi>/<aoi>_partitions_aschips_<hash>/<datakind>/<chip_id>.tif folders
+    coherence     InSAR coherence pairs (one GeoTIFF per interferogram) -> `coh`, one channel per baseline
     labels        add/overwrite label fractions of an existing store from WorldCover/JRC/GHSL rasters
 
 Stores are marked real (simulated=False) and carry provenance: source files, source CRS, acquisition
@@ -26,7 +27,8 @@ from pathlib import Path
 from data import labels as labels_module
 from data.geotiff import IngestError
 from data.labels import add_label_arguments, attach_labels, label_sources
-from data.readers import bigearthnet, m3leo, mosaic, sen1floods11
+from data.readers import bigearthnet, coherence, m3leo, mosaic, sen1floods11
+from data.readers.coherence import DEFAULT_BASELINES, ingest_coherence
 from data.readers import (
     IngestResult,
     ModalityInput,
@@ -35,10 +37,11 @@ from data.readers import (
     ingest_m3leo,
     ingest_sen1floods11,
 )
+from data.modalities import LABEL_TASKS, MODALITY_KEYS
 from data.workspace import Workspace
 
 __all__ = [
-    "IngestError", "IngestResult", "ModalityInput", "attach_labels", "ingest_bigearthnet", "ingest_geotiffs",
+    "IngestError", "IngestResult", "ModalityInput", "attach_labels", "ingest_bigearthnet", "ingest_coherence", "ingest_geotiffs",
     "ingest_m3leo", "ingest_sen1floods11", "main",
 ]
 
@@ -75,10 +78,11 @@ def build_parser() -> argparse.ArgumentParser:
             "  python -m data.ingest bigearthnet ../shared/data/bigearthnet-mm-example --aoi ben_example\n"
             "  python -m data.ingest sen1floods11 ../shared/data/sen1floods11-sample --aoi flood_spain\n"
             "  python -m data.ingest m3leo /data/m3leo/conus --aoi conus_m3leo\n"
+            "  python -m data.ingest coherence ../shared/data/pyrate-coherence-sample --aoi mexico_city --baselines 12 24 36 48\n"
             "  python -m data.ingest labels --aoi mysite --worldcover ESA_WorldCover_*_Map.tif --jrc occurrence_*.tif"
         ),
     )
-    sub = ap.add_subparsers(dest="command", required=True, metavar="{geotiff,bigearthnet,sen1floods11,m3leo,labels}")
+    sub = ap.add_subparsers(dest="command", required=True, metavar="{geotiff,bigearthnet,sen1floods11,m3leo,coherence,labels}")
 
     g = sub.add_parser("geotiff", help="your own GeoTIFFs (any subset of S2, S1, coherence)",
                        description=mosaic.__doc__,
@@ -100,7 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--stride", type=int, help="pixels between chip origins (default: chip size, no overlap)")
     g.add_argument("--crs", help="target CRS (default: the reference input's), e.g. EPSG:32633")
     g.add_argument("--res", type=float, help="target pixel size in target-CRS units (default: the reference input's)")
-    g.add_argument("--reference", choices=("s2rgb", "s1amp", "coh"), help="input whose grid is the target (default: the first given)")
+    g.add_argument("--reference", choices=MODALITY_KEYS, help="input whose grid is the target (default: the first given)")
     g.add_argument("--resampling", default="bilinear", choices=("nearest", "bilinear", "cubic", "average"),
                    help="resampling of inputs not already on the target grid (default bilinear)")
     g.add_argument("--max-block-mb", type=float, default=256.0, help="memory budget of one read block (default 256 MB)")
@@ -123,6 +127,24 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--s2rgbm-scale", type=float, default=1 / 255, help="s2rgbm uint8 -> 0-1 factor (default 1/255)")
     m.add_argument("--s1-units", choices=("auto", "db", "linear"), default="auto", help="units of s1grd (default: from values)")
     _common(m)
+
+    c = sub.add_parser("coherence", help="InSAR coherence pairs -> coh channels per temporal baseline",
+                       description=coherence.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    c.add_argument("inputs", nargs="+", type=Path, metavar="TIF_OR_DIR",
+                   help="coherence pair GeoTIFFs, or folders holding them (*.tif directly inside)")
+    c.add_argument("--baselines", nargs="+", type=int, default=list(DEFAULT_BASELINES), metavar="DAYS",
+                   help="temporal baselines to keep, one channel VV_<days>d each (default 12 24 36 48, as GSSIC)")
+    c.add_argument("--by-season", action="store_true",
+                   help="one channel per baseline and season of the pair's mid-date (VV_12d_spring, ...)")
+    c.add_argument("--tolerance", type=int, default=0, metavar="DAYS", help="baseline match tolerance (default 0)")
+    c.add_argument("--combine", choices=("median", "mean"), default="median",
+                   help="per-pixel statistic over the pairs of a channel (default median, as GSSIC)")
+    c.add_argument("--nodata", type=float, default=0.0,
+                   help="coherence value meaning 'not computed' when a file declares no nodata (default 0)")
+    c.add_argument("--chip-size", type=int, default=8,
+                   help="chip side in pixels (default 8: 1.2 km chips at 150 m, 84 chips on the PyRate sample)")
+    c.add_argument("--stride", type=int, help="pixels between chip origins (default: chip size)")
+    _common(c)
 
     lab = sub.add_parser("labels", help="attach label fractions to an existing store",
                          description=labels_module.__doc__,
@@ -150,9 +172,12 @@ def run(args: argparse.Namespace) -> IngestResult | None:
     if args.command == "labels":
         if not labels:
             raise IngestError("labels: give at least one of --worldcover, --jrc, --ghsl")
-        index = attach_labels(out, labels, jrc_threshold=args.jrc_threshold, progress=not args.quiet)
-        tasks = [t for t in ("vegetation", "builtup", "cropland", "water") if index[t].notna().any()]
+        notes: list[str] = []
+        index = attach_labels(out, labels, jrc_threshold=args.jrc_threshold, progress=not args.quiet, warnings=notes)
+        tasks = [t for t in LABEL_TASKS if index[t].notna().any()]
         print(f"{out}: label columns {tasks} written for {len(index)} chips (NaN where a chip has no valid label pixel)")
+        for w in notes:
+            print(f"warning: {w}", file=sys.stderr)
         if ws is not None:
             ws.record(f"labels:{args.aoi}", store=str(out), products=sorted(labels), n_chips=len(index))
         return None
@@ -170,10 +195,16 @@ def run(args: argparse.Namespace) -> IngestResult | None:
         res = ingest_bigearthnet(args.root, args.aoi, out, s2_offset=args.s2_offset, **nodata, **common)
     elif args.command == "sen1floods11":
         res = ingest_sen1floods11(args.root, args.aoi, out, chip_size=args.chip_size, **nodata, **common)
+    elif args.command == "coherence":
+        res = ingest_coherence(args.inputs, args.aoi, out, baselines=args.baselines, by_season=args.by_season,
+                               tolerance=args.tolerance, combine=args.combine, nodata=args.nodata,
+                               chip_size=args.chip_size, stride=args.stride, **nodata, **common)
     else:
         res = ingest_m3leo(args.root, args.aoi, out, source_aoi=args.source_aoi, chip_size=args.chip_size,
                            s2rgbm_scale=args.s2rgbm_scale, s1_units=args.s1_units, **nodata, **common)
     print(res.summary())
+    for w in res.warnings:
+        print(f"warning: {w}", file=sys.stderr)
     if ws is not None and not res.up_to_date:
         ws.record(f"ingest:{args.aoi}", store=str(out), source=args.command, n_chips=res.n_chips,
                   n_skipped=res.n_skipped, modalities=res.modalities, missing=res.missing, simulated=False)

@@ -44,7 +44,7 @@ from tqdm import tqdm
 from data.modalities import LABEL_TASKS
 from data.atomic import atomic_write_json, temp_sibling
 from data.geotiff import IngestError, bounds_to, inspect_raster
-from data.store import ChipStore, StoreError
+from data.store import ChipStore, StoreError, file_record
 
 LABEL_KINDS: tuple[str, ...] = ("worldcover", "jrc", "ghsl")
 
@@ -320,12 +320,16 @@ def attach_labels(
     jrc_threshold: float = 90.0,
     progress: bool = True,
     batch: int = 256,
+    warnings: list[str] | None = None,
 ) -> pd.DataFrame:
     """Add or overwrite label columns of an existing store from label rasters; returns the new index.
 
     `chips.parquet` is rewritten atomically (temp sibling, then rename), then `store.json` records the
-    label provenance under `meta.extra["labels"]`.
+    label provenance under `meta.extra["labels"]` (only products with a valid pixel under some chip) and
+    what did not go as asked under `meta.extra["label_warnings"]`; the same lines are appended to
+    `warnings`. When no product overlaps the chips, nothing is written and IngestError says "no overlap".
     """
+    notes: list[str] = []
     try:
         store = ChipStore.open(Path(store_path))
     except StoreError as e:
@@ -340,11 +344,22 @@ def attach_labels(
         for s in tqdm(range(0, len(fps), batch), desc="labels", unit="batch", disable=not progress):
             parts.append(label_columns(rasters, fps[s : s + batch]))
         cols = pd.concat(parts, ignore_index=True)
-        provenance = {r.kind: r.describe() for r in rasters}
+        attached = [r for r in rasters if (cols[f"label_valid_{r.kind}"].to_numpy() > 0).any()]
+        for r in rasters:
+            if r not in attached:
+                notes.append(f"{r.kind} labels ({', '.join(t.path.name for t in r.tiles)}): no overlap with the "
+                             f"{len(fps)} chips of {store.meta.aoi!r} (no valid label pixel under any chip): not attached")
+        provenance = {r.kind: r.describe() for r in attached}
+        kinds = [r.kind for r in attached]
     finally:
         for r in rasters:
             r.close()
+    if not kinds:
+        raise IngestError("; ".join(notes) + ": nothing written; give rasters that cover the AOI")
+    # Columns of products that do not overlap are all NaN: drop them so they do not overwrite anything.
+    cols = cols[[c for c in cols.columns if not any(c == f"label_valid_{k}" for k in set(LABEL_KINDS) - set(kinds))]]
     index = store.index.copy()
+    before = index.reindex(columns=list(LABEL_TASKS)).to_numpy(dtype=np.float64)
     for c in cols.columns:
         if c.startswith("label_source_"):
             continue  # moved together with its task below
@@ -362,12 +377,18 @@ def attach_labels(
                 index[src] = cols[src].to_numpy()
     for t in LABEL_TASKS:
         index[t] = index[t].astype(np.float32)
-    write_index(store.path, index, labels=provenance)
+    after = index[list(LABEL_TASKS)].to_numpy(dtype=np.float64)
+    if np.array_equal(before, after, equal_nan=True):
+        notes.append(f"label columns unchanged: {', '.join(kinds)} give the values {store.meta.aoi!r} already has")
+    write_index(store.path, index, labels=provenance, warnings=notes)
+    if warnings is not None:
+        warnings.extend(notes)
     return index
 
 
-def write_index(store_path: Path, index: gpd.GeoDataFrame, *, labels: dict | None = None) -> None:
-    """Atomically replace a store's chips.parquet (and record label provenance in store.json)."""
+def write_index(store_path: Path, index: gpd.GeoDataFrame, *, labels: dict | None = None,
+                warnings: Sequence[str] = ()) -> None:
+    """Atomically replace a store's chips.parquet; store.json records its new checksum, label provenance and warnings."""
     store_path = Path(store_path)
     tmp = temp_sibling(store_path / "chips.parquet")
     try:
@@ -376,11 +397,16 @@ def write_index(store_path: Path, index: gpd.GeoDataFrame, *, labels: dict | Non
     finally:
         if tmp.exists():
             tmp.unlink()
+    spec = store_path / "store.json"
+    info = json.loads(spec.read_text())
+    if isinstance(info.get("integrity"), dict):  # keep `ChipStore.verify` true to the new index
+        info["integrity"]["chips.parquet"] = file_record(store_path / "chips.parquet")
+    extra = info["meta"].setdefault("extra", {})
     if labels is not None:
-        spec = store_path / "store.json"
-        info = json.loads(spec.read_text())
-        info["meta"].setdefault("extra", {}).setdefault("labels", {}).update(labels)
-        atomic_write_json(spec, info)
+        extra.setdefault("labels", {}).update(labels)
+    if warnings:
+        extra.setdefault("label_warnings", []).extend(warnings)
+    atomic_write_json(spec, info)
 
 
 def add_label_arguments(p: argparse.ArgumentParser) -> None:

@@ -103,13 +103,18 @@ def _sha256(path: Path) -> str:
         return hashlib.file_digest(f, "sha256").hexdigest()
 
 
+def file_record(path: Path) -> list:
+    """`[size, sha256]` of one file, as `file_manifest` records it."""
+    return [Path(path).stat().st_size, _sha256(Path(path))]
+
+
 def file_manifest(root: Path) -> dict[str, list]:
     """`{relative path: [size, sha256]}` of every file of a store folder except store.json."""
     root = Path(root)
     out = {}
     for f in sorted(root.rglob("*")):
         if f.is_file() and f.name != "store.json":
-            out[f.relative_to(root).as_posix()] = [f.stat().st_size, _sha256(f)]
+            out[f.relative_to(root).as_posix()] = file_record(f)
     return out
 
 

@@ -179,7 +179,7 @@ def test_bad_label_inputs():
         LabelRaster("jrc", [JRC_CROP], jrc_threshold=150)
 
 
-def test_labels_attached_at_ingest_and_afterwards(tmp_path):
+def test_labels_attached_at_ingest_and_afterwards(tmp_path, capsys):
     """A real-grid store over Sao Tome gets WorldCover fractions; the `labels` step adds JRC water later."""
     with rasterio.open(WORLDCOVER) as src:
         t = src.transform @ Affine.translation(WC_COL, WC_ROW)
@@ -194,14 +194,28 @@ def test_labels_attached_at_ingest_and_afterwards(tmp_path):
         counts = np.bincount(classes[row.row * 64 : row.row * 64 + 64, row.col * 64 : row.col * 64 + 64].ravel(), minlength=256)
         assert row.builtup == pytest.approx(counts[50] / (counts.sum() - counts[0]), abs=1e-6)
     assert (st.index["label_source_water"] == "worldcover").all()
-    # the labels subcommand adds JRC water; that crop is in Brazil (no overlap), so WorldCover's water stays
-    assert main(["labels", "--aoi", "stome", "--out", str(st.path), "--jrc", str(JRC_CROP), "--quiet"]) == 0
+    # the labels subcommand with JRC water: that crop is in Brazil, so it says "no overlap", exits 2 and
+    # writes nothing (before, it printed success and recorded JRC as attached)
+    before = (st.path / "chips.parquet").read_bytes()
+    assert main(["labels", "--aoi", "stome", "--out", str(st.path), "--jrc", str(JRC_CROP), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: jrc labels (occurrence-") and "no overlap with the 16 chips of 'stome'" in err
+    assert (st.path / "chips.parquet").read_bytes() == before
+    # with WorldCover again (overlaps) it is attached, JRC is not, and both facts are said and recorded
+    assert main(["labels", "--aoi", "stome", "--out", str(st.path), "--worldcover", str(WORLDCOVER), "--jrc",
+                 str(JRC_CROP), "--quiet"]) == 0
+    err = capsys.readouterr().err
+    assert "warning: jrc labels (occurrence-" in err and "not attached" in err
+    assert "warning: label columns unchanged: worldcover give the values 'stome' already has" in err
     again = ChipStore.open(tmp_path / "stome")
+    assert again.verify() == "ok"  # the rewritten index's checksum was recorded
     np.testing.assert_array_equal(again.labels("water"), st.labels("water"))
     assert (again.index["label_source_water"] == "worldcover").all()
     np.testing.assert_array_equal(again.labels("builtup"), st.labels("builtup"))
     info = json.loads((st.path / "store.json").read_text())
-    assert set(info["meta"]["extra"]["labels"]) == {"worldcover", "jrc"}
+    assert set(info["meta"]["extra"]["labels"]) == {"worldcover"}
+    assert any("no overlap" in w for w in info["meta"]["extra"]["label_warnings"])
+    assert any("label columns unchanged" in w for w in info["meta"]["extra"]["label_warnings"])
     # footprints come back from the index exactly
     fp = footprints_from_index(again.index, 64)[0]
     assert fp.transform == t and fp.crs == "EPSG:4326"

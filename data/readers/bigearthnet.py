@@ -31,18 +31,16 @@ import pandas as pd
 from rasterio.enums import Resampling
 
 from data.geotiff import Grid, GridReader, IngestError, inspect_raster, parse_date
-from data.labels import LabelRaster, open_label_rasters
 from data.readers.common import (
+    finish_ingest,
+    start_ingest,
     S2_BOA_OFFSET,
     ChipBatch,
     IngestResult,
     dn_to_reflectance,
-    existing_store,
-    fingerprint,
     grid_rows,
-    up_to_date_result,
-    write_chips,
 )
+from data.modalities import MODALITY_KEYS, get_modality
 from data.store import StoreMeta
 
 # CORINE classes (BigEarthNet's 43-class names) that show each label task is present in a patch.
@@ -96,7 +94,7 @@ CORINE_TASKS: dict[str, tuple[str, ...]] = {
     "Sea and ocean": ("water",),
 }
 _S2_BANDS = {"B4": "B04", "B3": "B03", "B2": "B02"}
-_S1_BANDS = ("VV", "VH")
+_S1_BANDS = tuple(get_modality("s1amp").channels)
 _ROWCOL = re.compile(r"_(\d+)_(\d+)$")
 
 
@@ -196,7 +194,7 @@ def _batches(
         frames, n_bytes = [], 0
         for k, (p, grid) in enumerate(zip(part, part_grids)):
             if p.s2_dir is not None:
-                files = [p.s2_dir / f"{p.s2_dir.name}_{_S2_BANDS[b]}.tif" for b in ("B4", "B3", "B2")]
+                files = [p.s2_dir / f"{p.s2_dir.name}_{_S2_BANDS[b]}.tif" for b in get_modality("s2rgb").channels]
                 dn, nb = _read(files, grid, 0)  # DN 0 = no data in Sentinel-2 products
                 s2[k], has2[k] = dn_to_reflectance(dn, offset=off), True
                 n_bytes += nb
@@ -253,13 +251,11 @@ def ingest_bigearthnet(
         for d in (p.s2_dir, p.s1_dir):
             if d is not None:
                 files += sorted(d.glob("*_B0[234].tif")) + sorted(d.glob("*_V[VH].tif")) + sorted(d.glob("*.json"))
-    label_files = [Path(f) for fs in (labels or {}).values() for f in fs]
-    params = {"aoi": aoi, "s2_offset": s2_offset, "max_nodata": max_nodata, "skip_when": skip_when,
-              "labels": {k: [str(f) for f in v] for k, v in (labels or {}).items()}, "jrc_threshold": jrc_threshold}
-    fp = fingerprint("bigearthnet", files + label_files, params)
-    done = existing_store(Path(out), fp, overwrite)
-    if done is not None:
-        return up_to_date_result(done)
+    params = {"aoi": aoi, "s2_offset": s2_offset, "max_nodata": max_nodata, "skip_when": skip_when}
+    start = start_ingest("bigearthnet", out, files, params, overwrite, labels, jrc_threshold,
+                         command=f"python -m data.ingest bigearthnet {root} --aoi {aoi} --overwrite")
+    if start.done is not None:
+        return start.done
     grids = [_patch_grid(p) for p in patches]
     size = grids[0].width
     for p, g in zip(patches, grids):
@@ -267,9 +263,9 @@ def ingest_bigearthnet(
             raise IngestError(f"{p.name}: patch is {g.width}x{g.height} px, {patches[0].name} is {size}x{size}: one store holds one chip size")
     crss = sorted({g.crs.to_string() for g in grids})
     n_pairs = sum(1 for p in patches if p.s2_dir and p.s1_dir)
-    channels = {"s2rgb": ["B4", "B3", "B2"], "s1amp": ["VV", "VH"]}
+    channels = {m: list(get_modality(m).channels) for m in ("s2rgb", "s1amp")}  # BigEarthNet-MM holds S2 and S1
     present = [m for m, has in (("s2rgb", any(p.s2_dir for p in patches)), ("s1amp", any(p.s1_dir for p in patches))) if has]
-    missing = [m for m in ("s2rgb", "s1amp", "coh") if m not in present]
+    missing = [m for m in MODALITY_KEYS if m not in present]
     meta = StoreMeta(
         aoi=aoi,
         title=title or f"{aoi} (real data: BigEarthNet-MM, {len(patches)} patches)",
@@ -285,7 +281,7 @@ def ingest_bigearthnet(
         ),
         extra={
             "ingest": {
-                "kind": "bigearthnet", "fingerprint": fp, "params": params, "missing_modalities": missing,
+                "kind": "bigearthnet", "fingerprint": start.fingerprint, "params": params, "missing_modalities": missing,
                 "s2": "L2A DN/10000" + (" with -1000 offset" if s2_offset else ""), "s1": "VV/VH dB as shipped",
                 "grid_crs_per_chip": len(crss) > 1,
                 "labels_note": "label fractions unknown from CORINE multi-labels (NaN); presence flags corine_<task>",
@@ -293,15 +289,8 @@ def ingest_bigearthnet(
             }
         },
     )
-    rasters: list[LabelRaster] = open_label_rasters(labels or {}, jrc_threshold=jrc_threshold)
-    try:
-        if rasters:
-            meta.extra["labels"] = {r.kind: r.describe() for r in rasters}
-        return write_chips(
-            Path(out), meta, _batches(patches, grids, present, size, s2_offset, batch), overwrite=overwrite, max_nodata=max_nodata,
-            skip_when=skip_when, total=len(patches), sources={"s2rgb": "BigEarthNet S2 B04/B03/B02", "s1amp": "BigEarthNet S1 VV/VH"},
-            label_rasters=rasters, progress=progress,
-        )
-    finally:
-        for r in rasters:
-            r.close()
+    return finish_ingest(
+        start, meta, _batches(patches, grids, present, size, s2_offset, batch), max_nodata=max_nodata,
+        skip_when=skip_when, total=len(patches), sources={"s2rgb": "BigEarthNet S2 B04/B03/B02", "s1amp": "BigEarthNet S1 VV/VH"},
+        progress=progress,
+    )

@@ -26,7 +26,8 @@ import pandas as pd
 from tqdm import tqdm
 
 from data.geotiff import IngestError, chip_polygons
-from data.labels import ChipFootprint, LabelRaster, footprints_from_index, label_columns
+from data.labels import ChipFootprint, LabelRaster, footprints_from_index, label_columns, open_label_rasters
+from data.modalities import MODALITY_KEYS
 from data.store import ChipStore, ChipStoreWriter, StoreError, StoreMeta
 
 S2_L1C_BANDS: tuple[str, ...] = ("B1", "B2", "B3", "B4", "B5", "B6", "B7", "B8", "B8A", "B9", "B10", "B11", "B12")
@@ -106,6 +107,7 @@ class IngestResult:
     bytes_read: int
     modalities: list[str]
     missing: list[str]
+    warnings: list[str] = field(default_factory=list)  # also in store.json: meta.extra["ingest"]["warnings"]
 
     def summary(self) -> str:
         """One line for the console."""
@@ -146,6 +148,13 @@ def grid_rows(
     )
 
 
+def cut_chips(block: np.ndarray, nr: int, nc: int, size: int, stride: int) -> np.ndarray:
+    """Window `[C, h, w]` -> chips `[nr*nc, C, size, size]` (row-major)."""
+    v = np.lib.stride_tricks.sliding_window_view(block, (size, size), axis=(1, 2))  # [C, h-s+1, w-s+1, s, s]
+    v = v[:, : (nr - 1) * stride + 1 : stride, : (nc - 1) * stride + 1 : stride]  # [C, nr, nc, s, s]
+    return np.ascontiguousarray(v.transpose(1, 2, 0, 3, 4).reshape(nr * nc, block.shape[0], size, size))
+
+
 def fingerprint(kind: str, files: Iterable[str | Path], params: dict) -> str:
     """Hash of the input files (path, size, mtime) and settings that decide a store's content."""
     entries = []
@@ -174,6 +183,59 @@ def existing_store(path: Path, fp: str, overwrite: bool) -> ChipStore | None:
         f"{path} already holds a store built from other inputs or settings; pass --overwrite to replace it, "
         "or choose another --aoi"
     )
+
+
+@dataclass
+class IngestStart:
+    """What every reader settles before reading pixels: the fingerprint, and the store if already built."""
+
+    out: Path
+    fingerprint: str
+    done: IngestResult | None
+    overwrite: bool
+    labels: dict[str, Sequence[str | Path]]
+    jrc_threshold: float
+    command: str | None = None
+    warnings: list[str] = field(default_factory=list)
+
+
+def start_ingest(
+    kind: str,
+    out: str | Path,
+    files: Sequence[str | Path],
+    params: dict,
+    overwrite: bool,
+    labels: dict[str, Sequence[str | Path]] | None = None,
+    jrc_threshold: float = 90.0,
+    *,
+    command: str | None = None,
+) -> IngestStart:
+    """The shared ingest preamble: check inputs exist, fingerprint them (with the label files and settings),
+    and find a finished store built from the same ones (`done`), or refuse one built from others."""
+    labels = {k: list(v) for k, v in (labels or {}).items() if v}
+    label_files = [Path(f) for fs in labels.values() for f in fs]
+    for f in [*map(Path, files), *label_files]:
+        if not f.exists():
+            raise IngestError(f"{f}: no such file")
+    params = {**params, "labels": {k: [str(f) for f in v] for k, v in labels.items()}, "jrc_threshold": jrc_threshold}
+    fp = fingerprint(kind, [*map(Path, files), *label_files], params)
+    done = existing_store(Path(out), fp, overwrite)
+    return IngestStart(Path(out), fp, up_to_date_result(done) if done is not None else None, overwrite, labels,
+                       jrc_threshold, command)
+
+
+def finish_ingest(start: IngestStart, meta: StoreMeta, batches: Iterable[ChipBatch], **write_kw) -> IngestResult:
+    """The shared ingest ending: open the label rasters, write the chips (see `write_chips`), close the rasters."""
+    ingest = meta.extra.setdefault("ingest", {})
+    if start.command:
+        ingest.setdefault("command", start.command)
+    ingest.setdefault("warnings", []).extend(w for w in start.warnings if w not in ingest["warnings"])
+    rasters: list[LabelRaster] = open_label_rasters(start.labels, jrc_threshold=start.jrc_threshold)
+    try:
+        return write_chips(start.out, meta, batches, overwrite=start.overwrite, label_rasters=rasters, **write_kw)
+    finally:
+        for r in rasters:
+            r.close()
 
 
 def keep_mask(batch: ChipBatch, max_nodata: float, skip_when: str) -> np.ndarray:
@@ -219,6 +281,9 @@ def write_chips(
     t0 = time.perf_counter()
     n_kept = n_skipped = n_bytes = 0
     finite = {m: 0 for m in meta.channels}
+    finite_channel = {m: np.zeros(len(c), dtype=np.int64) for m, c in meta.channels.items()}
+    labelled = {r.kind: 0 for r in label_rasters}  # chips with at least one valid label pixel, per product
+    warnings_out: list[str] = meta.extra.setdefault("ingest", {}).setdefault("warnings", [])
     grid_crss: set[str] = set()
     provided_seen = {m: False for m in meta.channels}
     sources = sources or {}
@@ -231,6 +296,7 @@ def write_chips(
                 prov = batch.provided.get(m, np.ones(b, dtype=bool))
                 provided_seen[m] |= bool(prov.any())
                 finite[m] += int(np.isfinite(x[prov]).sum())
+                finite_channel[m] += np.isfinite(x[prov]).sum(axis=(0, 2, 3))
             keep = keep_mask(batch, max_nodata, skip_when)
             n_skipped += int((~keep).sum())
             bar.update(b)
@@ -246,6 +312,8 @@ def write_chips(
                 cols = label_columns(label_rasters, fps)
                 for c in cols.columns:
                     rows[c] = cols[c].to_numpy()
+                for kind in labelled:
+                    labelled[kind] += int((cols[f"label_valid_{kind}"].to_numpy() > 0).sum())
             writer.append(arrays, rows)
             if "grid_crs" in rows.columns:
                 grid_crss.update(rows["grid_crs"].astype(str))
@@ -264,6 +332,17 @@ def write_chips(
                 f"{'some' if skip_when == 'any' else 'every'} modality, so none was kept: raise --max-nodata, "
                 "use --skip-when all, or check the inputs' nodata values"
             )
+        for m, chans in meta.channels.items():
+            for c, k in zip(chans, finite_channel[m]):
+                if k == 0:
+                    warnings_out.append(f"{m}: band {c} is entirely empty (every value NaN or nodata in "
+                                        f"{sources.get(m, 'the input')}): stored, and marked missing for every chip")
+        for r in label_rasters:
+            if labelled[r.kind] == 0:
+                warnings_out.append(f"{r.kind} labels ({', '.join(t.path.name for t in r.tiles)}): no overlap with "
+                                    f"the {n_kept} chips (no valid label pixel under any chip): not attached")
+            else:
+                meta.extra.setdefault("labels", {})[r.kind] = r.describe()
         # The writer serialises this same meta object when the block closes: record the final counts, and
         # the chip CRSs actually written (several UTM zones become a comma-separated list, see `grid_crs`).
         meta.extra.setdefault("ingest", {}).update({"n_chips": n_kept, "n_skipped_nodata": n_skipped})
@@ -278,7 +357,8 @@ def write_chips(
         seconds=time.perf_counter() - t0,
         bytes_read=n_bytes,
         modalities=list(meta.channels),
-        missing=[m for m in ("s2rgb", "s1amp", "coh") if m not in meta.channels],
+        missing=[m for m in MODALITY_KEYS if m not in meta.channels],
+        warnings=list(warnings_out),
     )
 
 
@@ -293,6 +373,7 @@ def up_to_date_result(store: ChipStore) -> IngestResult:
         seconds=0.0,
         bytes_read=0,
         modalities=store.modalities,
-        missing=[m for m in ("s2rgb", "s1amp", "coh") if m not in store.meta.channels],
+        missing=[m for m in MODALITY_KEYS if m not in store.meta.channels],
+        warnings=list(store.meta.extra.get("ingest", {}).get("warnings", [])),
     )
 

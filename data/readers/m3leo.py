@@ -37,18 +37,17 @@ from rasterio.crs import CRS
 from rasterio.enums import Resampling
 
 from data.geotiff import Grid, GridReader, IngestError, RasterInfo, inspect_raster, sample_values
-from data.labels import ChipFootprint, LabelRaster, label_columns, open_label_rasters
+from data.labels import ChipFootprint, LabelRaster, label_columns
 from data.readers.common import (
+    finish_ingest,
+    start_ingest,
     ChipBatch,
     IngestResult,
     detect_s1_units,
-    existing_store,
-    fingerprint,
     grid_rows,
     linear_to_db,
-    up_to_date_result,
-    write_chips,
 )
+from data.modalities import MODALITY_KEYS, get_modality
 from data.store import StoreMeta
 
 IMAGE_KINDS = {"s2rgbm": "s2rgb", "s1grd": "s1amp", "gssic": "coh"}
@@ -128,7 +127,7 @@ def s2rgbm_channels(info: RasterInfo) -> list[str]:
     periods = {3: [""], 12: [f"_{s}" for s in SEASONS], 36: [f"_{m:02d}" for m in range(1, 13)]}.get(info.count)
     if periods is None:
         raise IngestError(f"{info.path}: {info.count} s2rgbm bands without red/green/blue descriptions; expected 3, 12 or 36")
-    return [f"{b}{p}" for p in periods for b in ("B4", "B3", "B2")]
+    return [f"{b}{p}" for p in periods for b in get_modality("s2rgb").channels]
 
 
 def s1grd_channels(info: RasterInfo) -> list[str]:
@@ -147,7 +146,7 @@ def s1grd_channels(info: RasterInfo) -> list[str]:
     if info.count == 16:
         return [f"{b.split('_')[1][:2].upper()}_{b.split('_')[0]}_{b.split('_')[1][2:]}" for b in S1GRD_BANDS]
     if info.count == 2:
-        return ["VV", "VH"]
+        return list(get_modality("s1amp").channels)
     raise IngestError(f"{info.path}: {info.count} s1grd bands without descriptions; expected 16 (M3LEO order) or 2 (VV, VH)")
 
 
@@ -273,19 +272,18 @@ def ingest_m3leo(
     ids = sorted({cid for k in IMAGE_KINDS if k in kinds for cid in kinds[k]})
     files = [f for k in kinds.values() for f in k.values()]
     params = {"aoi": aoi, "chip_size": chip_size, "s2rgbm_scale": s2rgbm_scale, "s1_units": s1_units,
-              "max_nodata": max_nodata, "skip_when": skip_when, "jrc_threshold": jrc_threshold,
-              "labels": {k: [str(f) for f in v] for k, v in (labels or {}).items()}}
-    fp = fingerprint("m3leo", files + [Path(f) for fs in (labels or {}).values() for f in fs], params)
-    done = existing_store(Path(out), fp, overwrite)
-    if done is not None:
-        return up_to_date_result(done)
+              "max_nodata": max_nodata, "skip_when": skip_when}
+    start = start_ingest("m3leo", out, files, params, overwrite, labels, jrc_threshold,
+                         command=f"python -m data.ingest m3leo {root} --aoi {aoi} --overwrite")
+    if start.done is not None:
+        return start.done
     channels = {k: _CHANNELS[k](inspect_raster(next(iter(kinds[k].values())))) for k in IMAGE_KINDS if k in kinds}
     first_ref = inspect_raster(next(kinds[k][ids[0]] for k in REFERENCE_ORDER if k in kinds and ids[0] in kinds[k]))
     size = int(chip_size or first_ref.width)
     converts, notes = _converters(kinds, channels, s2rgbm_scale, s1_units)
     grid0 = _chip_grid(first_ref, size)
     present = [IMAGE_KINDS[k] for k in channels]
-    missing = [m for m in ("s2rgb", "s1amp", "coh") if m not in present]
+    missing = [m for m in MODALITY_KEYS if m not in present]
     meta = StoreMeta(
         aoi=aoi,
         title=title or f"{aoi} (real data: M3LEO {partition.parent.name})",
@@ -298,21 +296,15 @@ def ingest_m3leo(
         description=f"{len(ids)} M3LEO chips from {sorted(kinds)}; missing modalities: {missing or 'none'}",
         extra={
             "ingest": {
-                "kind": "m3leo", "fingerprint": fp, "params": params, "partition": str(partition),
+                "kind": "m3leo", "fingerprint": start.fingerprint, "params": params, "partition": str(partition),
                 "datakinds": sorted(kinds), "ignored_datakinds": ignored, "conversion": notes,
                 "missing_modalities": missing,
             }
         },
     )
-    rasters: list[LabelRaster] = open_label_rasters(labels or {}, jrc_threshold=jrc_threshold)
-    try:
-        if rasters:
-            meta.extra["labels"] = {r.kind: r.describe() for r in rasters}
-        return write_chips(
-            Path(out), meta, _batches(ids, kinds, channels, size, converts, batch), overwrite=overwrite,
-            max_nodata=max_nodata, skip_when=skip_when, total=len(ids),
-            sources={IMAGE_KINDS[k]: k for k in channels}, label_rasters=rasters, progress=progress,
-        )
-    finally:
-        for r in rasters:
-            r.close()
+    if ignored:
+        start.warnings.append(f"data kinds {', '.join(map(str, ignored))} in {partition.name} are not read (no modality or label maps to them)")
+    return finish_ingest(
+        start, meta, _batches(ids, kinds, channels, size, converts, batch), max_nodata=max_nodata,
+        skip_when=skip_when, total=len(ids), sources={IMAGE_KINDS[k]: k for k in channels}, progress=progress,
+    )

@@ -33,7 +33,7 @@ from rasterio.crs import CRS
 from rasterio.enums import Resampling
 from rasterio.warp import calculate_default_transform
 
-from data.modalities import get_modality
+from data.modalities import MODALITY_KEYS, get_modality
 from data.geotiff import (
     ChipGrid,
     Grid,
@@ -49,27 +49,25 @@ from data.geotiff import (
     sample_values,
     snapped_grid,
 )
-from data.labels import LabelRaster, open_label_rasters
 from data.readers.common import (
     S2_BOA_OFFSET,
     S2_L1C_BANDS,
     S2_L2A_BANDS,
     ChipBatch,
     IngestResult,
+    cut_chips,
     dn_to_reflectance,
     detect_s1_units,
-    existing_store,
-    fingerprint,
+    finish_ingest,
     grid_rows,
     linear_to_db,
     s1_pol_name,
     s2_band_name,
-    up_to_date_result,
-    write_chips,
+    start_ingest,
 )
 from data.store import StoreMeta
 
-MOSAIC_MODALITIES = ("s2rgb", "s1amp", "coh")
+MOSAIC_MODALITIES = MODALITY_KEYS
 _FLAG = {"s2rgb": "--s2", "s1amp": "--s1", "coh": "--coh"}
 _EXAMPLES = {"s2rgb": "B4,B3,B2", "s1amp": "VV,VH", "coh": "VV_12d,VV_36d"}
 
@@ -92,6 +90,7 @@ class _Resolved:
     convert: Callable[[np.ndarray], np.ndarray]
     src_nodata: dict[Path, float | None]
     notes: list[str] = field(default_factory=list)
+    dropped: list[str] = field(default_factory=list)  # named input bands that are not stored
 
     @property
     def infos(self) -> list[RasterInfo]:
@@ -142,7 +141,7 @@ def _standard_order(modality: str, count: int) -> tuple[str, ...] | None:
     if modality == "s2rgb":
         return {13: S2_L1C_BANDS, 12: S2_L2A_BANDS}.get(count)
     if modality == "s1amp":
-        return ("VV", "VH") if count == 2 else None
+        return tuple(get_modality("s1amp").channels) if count == 2 else None
     chans = get_modality("coh").channels
     return tuple(chans) if count == len(chans) else None
 
@@ -159,6 +158,17 @@ def _pick(modality: str, infos: list[RasterInfo], names: list[list[str | None]],
             where[n] = (info, b)
     order = list(wanted) if wanted is not None else list(where)
     return [(c, *where[c]) for c in order if c in where]
+
+
+def _dropped(names: list[list[str | None]], picks: list[tuple[str, RasterInfo, int]]) -> list[str]:
+    """Named input bands no channel uses, in file order (unnamed bands are counted as `band <i>`)."""
+    used = {c for c, _, _ in picks}
+    out = []
+    for file_names in names:
+        for k, n in enumerate(file_names, start=1):
+            if n not in used:
+                out.append(n or f"band {k}")
+    return out
 
 
 def resolve_s2(inp: ModalityInput, offset: bool) -> _Resolved:
@@ -185,7 +195,8 @@ def resolve_s2(inp: ModalityInput, offset: bool) -> _Resolved:
     # DN 0 is the Sentinel-2 no-data value when the file does not declare its own.
     nodata = {i.path: (i.nodata if i.nodata is not None else (0 if units == "dn" else None)) for i in infos}
     note = f"DN -> reflectance (DN{off:+.0f})/10000" if units == "dn" else "reflectance as stored"
-    return _Resolved("s2rgb", [c for c, _, _ in picks], [(i, b) for _, i, b in picks], conv, nodata, [note])
+    return _Resolved("s2rgb", [c for c, _, _ in picks], [(i, b) for _, i, b in picks], conv, nodata, [note],
+                     _dropped(names, picks))
 
 
 def resolve_s1(inp: ModalityInput) -> _Resolved:
@@ -204,7 +215,8 @@ def resolve_s1(inp: ModalityInput) -> _Resolved:
         raise IngestError(f"--s1-units must be auto, db or linear, got {inp.units!r}")
     conv = (lambda x: x.astype(np.float32)) if units == "db" else linear_to_db
     nodata = {i.path: i.nodata for i in infos}
-    return _Resolved("s1amp", [c for c, _, _ in picks], [(i, b) for _, i, b in picks], conv, nodata, [f"units {units} ({reason})"])
+    return _Resolved("s1amp", [c for c, _, _ in picks], [(i, b) for _, i, b in picks], conv, nodata,
+                     [f"units {units} ({reason})"], _dropped(names, picks))
 
 
 def resolve_coh(inp: ModalityInput) -> _Resolved:
@@ -234,9 +246,13 @@ def resolve_coh(inp: ModalityInput) -> _Resolved:
 
 
 def plan_grid(
-    resolved: list[_Resolved], *, reference: str | None = None, crs: str | None = None, res: float | None = None
+    resolved: list[_Resolved], *, reference: str | None = None, crs: str | None = None, res: float | None = None,
+    notes: list[str] | None = None,
 ) -> tuple[Grid, RasterInfo]:
-    """The target grid: reference CRS/resolution (or the given ones) over the inputs' common area."""
+    """The target grid: reference CRS/resolution (or the given ones) over the inputs' common area.
+
+    When the inputs only partly overlap, `notes` gets how much of each input the common area keeps.
+    """
     by_mod = {r.modality: r for r in resolved}
     if reference is not None and reference not in by_mod:
         raise IngestError(f"--reference {reference} was not given as an input (inputs: {list(by_mod)})")
@@ -258,9 +274,19 @@ def plan_grid(
     if common is None:
         where = "; ".join(f"{i.path.name}: {fmt_bounds(geographic_footprint(i))}" for i in all_infos)
         raise IngestError(f"the inputs do not overlap, so no chip can hold them all: {where}")
+    kept = [_area(common) / _area(b) if _area(b) > 0 else 1.0 for b in boxes]
+    if notes is not None and min(kept) < 0.99:
+        notes.append(
+            "inputs only partly overlap: the AOI shrinks to their common area (" + fmt_bounds(bounds_to(target, "EPSG:4326", common))
+            + "), keeping " + ", ".join(f"{k:.0%} of {i.path.name}" for k, i in zip(kept, all_infos))
+        )
     same = target == ref_info.crs and np.allclose(rxy, ref_info.res, rtol=1e-9)
     anchor = (ref_info.transform.c, ref_info.transform.f) if same else None
     return snapped_grid(target, common, rxy, anchor), ref_info
+
+
+def _area(b: Sequence[float]) -> float:
+    return max(b[2] - b[0], 0.0) * max(b[3] - b[1], 0.0)
 
 
 def _block_plan(chips: ChipGrid, n_bands: int, max_block_mb: float) -> tuple[int, int]:
@@ -276,13 +302,6 @@ def _block_plan(chips: ChipGrid, n_bands: int, max_block_mb: float) -> tuple[int
     row_bytes = n_bands * (s * (chips.n_cols * st + s)) * 4 * copies
     nr = int(max(1, min(chips.n_rows, max_block_mb * 1e6 // row_bytes, 64)))
     return nr, nc
-
-
-def _cut(block: np.ndarray, nr: int, nc: int, size: int, stride: int) -> np.ndarray:
-    """Window `[C, h, w]` -> chips `[nr*nc, C, size, size]` (row-major)."""
-    v = np.lib.stride_tricks.sliding_window_view(block, (size, size), axis=(1, 2))  # [C, h-s+1, w-s+1, s, s]
-    v = v[:, : (nr - 1) * stride + 1 : stride, : (nc - 1) * stride + 1 : stride]  # [C, nr, nc, s, s]
-    return np.ascontiguousarray(v.transpose(1, 2, 0, 3, 4).reshape(nr * nc, block.shape[0], size, size))
 
 
 def _batches(
@@ -317,7 +336,7 @@ def _batches(
                     parts = {p: rd.read(r0 * chips.stride, c0 * chips.stride, h, w) for p, rd in file_readers.items()}
                     n_bytes += sum(rd.itemsize * len(rd.bands) * h * w for rd in file_readers.values())
                     block = np.stack([parts[p][i] for p, i in order], axis=0)  # [C, h, w] in channel order
-                    arrays[r.modality] = _cut(r.convert(block), r1 - r0, c1 - c0, chips.size, chips.stride)
+                    arrays[r.modality] = cut_chips(r.convert(block), r1 - r0, c1 - c0, chips.size, chips.stride)
                 rr, cc = np.meshgrid(np.arange(r0, r1), np.arange(c0, c1), indexing="ij")
                 rr, cc = rr.ravel(), cc.ravel()
                 lefts, tops = chips.chip_origins(rr, cc)
@@ -366,26 +385,30 @@ def ingest_geotiffs(
     except KeyError:
         raise IngestError(f"unknown --resampling {resampling!r}; use one of nearest, bilinear, cubic, average") from None
     stride = stride or chip_size
-    all_files = [Path(f) for i in given.values() for f in i.files] + [Path(f) for fs in (labels or {}).values() for f in fs]
     params = {
         "aoi": aoi, "chip_size": chip_size, "stride": stride, "max_nodata": max_nodata, "skip_when": skip_when,
         "crs": crs, "res": res, "reference": reference, "resampling": resampling, "s2_offset": s2_offset,
         "jrc_threshold": jrc_threshold, "inputs": {m: [str(f) for f in i.files] for m, i in given.items()},
         "bands": {m: list(i.bands or []) for m, i in given.items()},
         "units": {m: i.units for m, i in given.items()}, "coh_scale": coh.scale if coh else None,
-        "labels": {k: [str(f) for f in v] for k, v in (labels or {}).items()},
     }
-    for f in all_files:
-        if not f.exists():
-            raise IngestError(f"{f}: no such file")
-    fp = fingerprint("geotiff", all_files, params)
-    done = existing_store(Path(out), fp, overwrite)
-    if done is not None:
-        return up_to_date_result(done)
+    start = start_ingest("geotiff", out, [Path(f) for i in given.values() for f in i.files], params, overwrite, labels,
+                         jrc_threshold, command=_command(aoi, given, chip_size, stride))
+    if start.done is not None:
+        return start.done
     resolvers = {"s2rgb": lambda i: resolve_s2(i, s2_offset), "s1amp": resolve_s1, "coh": resolve_coh}
     resolved = [resolvers[m](i) for m, i in given.items()]
-    grid, ref_info = plan_grid(resolved, reference=reference, crs=crs, res=res)
+    grid, ref_info = plan_grid(resolved, reference=reference, crs=crs, res=res, notes=start.warnings)
     chips = ChipGrid(grid, chip_size, stride)
+    for r in resolved:
+        if r.dropped:
+            start.warnings.append(f"{r.modality}: extra band(s) {', '.join(r.dropped)} of "
+                                  f"{', '.join(i.path.name for i in r.infos)} dropped (only {', '.join(r.channels)} are stored)")
+        off = [i for i in r.infos if not on_grid(i, grid)]
+        if off:
+            start.warnings.append(
+                f"{r.modality}: {', '.join(f'{i.path.name} ({i.crs.to_string()}, {i.res[0]:g} x {i.res[1]:g})' for i in off)} "
+                f"warped ({resampling}) to the target grid {grid.crs.to_string()} at {grid.res[0]:g} x {grid.res[1]:g}")
     dates = {r.modality: raster_date(r.infos[0]) for r in resolved}
     provenance = {
         "source_crs": ";".join(sorted({i.crs.to_string() for r in resolved for i in r.infos})),
@@ -408,7 +431,7 @@ def ingest_geotiffs(
         extra={
             "ingest": {
                 "kind": "geotiff",
-                "fingerprint": fp,
+                "fingerprint": start.fingerprint,
                 "params": params,
                 "stride": stride,
                 "missing_modalities": missing,
@@ -432,22 +455,34 @@ def ingest_geotiffs(
             },
         },
     )
-    rasters: list[LabelRaster] = open_label_rasters(labels or {}, jrc_threshold=jrc_threshold)
-    try:
-        if rasters:
-            meta.extra["labels"] = {r.kind: r.describe() for r in rasters}
-        return write_chips(
-            Path(out),
-            meta,
-            _batches(chips, resolved, aoi, resample, max_block_mb, provenance),
-            overwrite=overwrite,
-            max_nodata=max_nodata,
-            skip_when=skip_when,
-            total=len(chips),
-            sources={r.modality: provenance[f"source_{r.modality}"] for r in resolved},
-            label_rasters=rasters,
-            progress=progress,
-        )
-    finally:
-        for r in rasters:
-            r.close()
+    return finish_ingest(
+        start,
+        meta,
+        _batches(chips, resolved, aoi, resample, max_block_mb, provenance),
+        max_nodata=max_nodata,
+        skip_when=skip_when,
+        total=len(chips),
+        sources={r.modality: provenance[f"source_{r.modality}"] for r in resolved},
+        progress=progress,
+    )
+
+
+def _command(aoi: str, given: dict[str, ModalityInput], chip_size: int, stride: int) -> str:
+    """The `python -m data.ingest geotiff` command that rebuilds this store (for `ChipStore.verify`)."""
+    flags = {"s2rgb": "--s2", "s1amp": "--s1", "coh": "--coh"}
+    parts = ["python -m data.ingest geotiff", f"--aoi {aoi}"]
+    for m, i in given.items():
+        parts.append(f"{flags[m]} {' '.join(str(f) for f in i.files)}")
+        if i.bands:
+            parts.append(f"{flags[m]}-bands {','.join(i.bands)}")
+    parts.append(f"--chip-size {chip_size}" + (f" --stride {stride}" if stride != chip_size else "") + " --overwrite")
+    return " ".join(parts)
+
+
+def on_grid(info: RasterInfo, grid: Grid) -> bool:
+    """Whether a file lies on the target grid (same CRS and pixel size, whole-pixel offset): read without warping."""
+    s, g = info.transform, grid.transform
+    if info.crs != grid.crs or not (np.isclose(s.a, g.a, rtol=1e-9) and np.isclose(s.e, g.e, rtol=1e-9)):
+        return False
+    dx, dy = (g.c - s.c) / s.a, (g.f - s.f) / s.e
+    return abs(dx - round(dx)) <= 1e-6 and abs(dy - round(dy)) <= 1e-6

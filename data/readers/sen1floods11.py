@@ -30,19 +30,17 @@ from rasterio.enums import Resampling
 from shapely.geometry import box, shape
 
 from data.geotiff import ChipGrid, Grid, GridReader, IngestError, bounds_to, inspect_raster, parse_date
-from data.labels import LabelRaster, open_label_rasters
 from data.readers.common import (
+    finish_ingest,
+    start_ingest,
     S2_L1C_BANDS,
     ChipBatch,
     IngestResult,
     dn_to_reflectance,
-    existing_store,
-    fingerprint,
     grid_rows,
     s2_band_name,
-    up_to_date_result,
-    write_chips,
 )
+from data.modalities import MODALITY_KEYS, get_modality
 from data.store import StoreMeta
 
 WATER_LABEL = "Sen1Floods11 LabelHand: flood-time surface water (not permanent water)"
@@ -114,7 +112,7 @@ def _s2_rgb_bands(path: Path) -> list[int]:
             raise IngestError(f"{path}: expected the 13 Sentinel-2 L1C bands of Sen1Floods11, found {info.count} bands without names")
         names = list(S2_L1C_BANDS)
     try:
-        return [names.index(b) + 1 for b in ("B4", "B3", "B2")]
+        return [names.index(b) + 1 for b in get_modality("s2rgb").channels]
     except ValueError:
         raise IngestError(f"{path}: no B4/B3/B2 among its bands {names}") from None
 
@@ -200,17 +198,16 @@ def ingest_sen1floods11(
     if not present:
         raise IngestError(f"the Sen1Floods11 scenes under {root} have labels but no S1Hand or S2Hand image")
     files = [f for s in scenes for f in (s.s1, s.s2, s.label) if f] + sorted(Path(root).rglob("Sen1Floods11_Metadata.geojson"))
-    params = {"aoi": aoi, "chip_size": chip_size, "max_nodata": max_nodata, "skip_when": skip_when,
-              "labels": {k: [str(f) for f in v] for k, v in (labels or {}).items()}, "jrc_threshold": jrc_threshold}
-    fp = fingerprint("sen1floods11", files + [Path(f) for fs in (labels or {}).values() for f in fs], params)
-    done = existing_store(Path(out), fp, overwrite)
-    if done is not None:
-        return up_to_date_result(done)
+    params = {"aoi": aoi, "chip_size": chip_size, "max_nodata": max_nodata, "skip_when": skip_when}
+    start = start_ingest("sen1floods11", out, files, params, overwrite, labels, jrc_threshold,
+                         command=f"python -m data.ingest sen1floods11 {root} --aoi {aoi} --chip-size {chip_size} --overwrite")
+    if start.done is not None:
+        return start.done
     first = inspect_raster(scenes[0].s2 or scenes[0].s1 or scenes[0].label)
     grid0 = Grid(first.crs, first.transform, first.width, first.height)
     per_scene = len(ChipGrid(grid0, chip_size, chip_size))
-    channels = {"s2rgb": ["B4", "B3", "B2"], "s1amp": ["VV", "VH"]}
-    missing = [m for m in ("s2rgb", "s1amp", "coh") if m not in present]
+    channels = {m: list(get_modality(m).channels) for m in ("s2rgb", "s1amp")}  # Sen1Floods11 holds S2 and S1
+    missing = [m for m in MODALITY_KEYS if m not in present]
     meta = StoreMeta(
         aoi=aoi,
         title=title or f"{aoi} (real data: Sen1Floods11, {len(scenes)} scenes)",
@@ -223,21 +220,13 @@ def ingest_sen1floods11(
         description=f"{len(scenes)} scenes cut into {chip_size}-px chips; water = flood-time water from the hand labels",
         extra={
             "ingest": {
-                "kind": "sen1floods11", "fingerprint": fp, "params": params, "missing_modalities": missing,
+                "kind": "sen1floods11", "fingerprint": start.fingerprint, "params": params, "missing_modalities": missing,
                 "s2": "L1C B4,B3,B2 DN/10000 (DN 0 = no data)", "s1": "VV/VH dB as shipped",
                 "water_label": WATER_LABEL, "chips_per_scene": per_scene,
             }
         },
     )
-    rasters: list[LabelRaster] = open_label_rasters(labels or {}, jrc_threshold=jrc_threshold)
-    try:
-        if rasters:
-            meta.extra["labels"] = {r.kind: r.describe() for r in rasters}
-        return write_chips(
-            Path(out), meta, _batches(scenes, chip_size, load_event_dates(Path(root)), present), overwrite=overwrite,
-            max_nodata=max_nodata, skip_when=skip_when, total=None,
-            sources={"s2rgb": "S2Hand B4/B3/B2", "s1amp": "S1Hand VV/VH"}, label_rasters=rasters, progress=progress,
-        )
-    finally:
-        for r in rasters:
-            r.close()
+    return finish_ingest(
+        start, meta, _batches(scenes, chip_size, load_event_dates(Path(root)), present), max_nodata=max_nodata,
+        skip_when=skip_when, total=None, sources={"s2rgb": "S2Hand B4/B3/B2", "s1amp": "S1Hand VV/VH"}, progress=progress,
+    )
