@@ -306,3 +306,67 @@ def test_acquisition_date_prefers_sensing_tags_then_name_over_the_write_date():
     assert raster_date(info("b04.tif", ACQUISITION_DATE="2020-01-02", **written)) == "2020-01-02"
     assert raster_date(info("b04.tif", **written)) == "2024-03-05"
     assert raster_date(info("b04.tif")) is None
+
+
+# ------------------------------------------------------------------------------ no quiet successes
+
+
+def _block_offset(path: Path, xblock: int, yblock: int) -> tuple[int, int]:
+    """Byte offset and size of one tile of band 1 (GDAL's TIFF metadata domain)."""
+    with rasterio.open(path) as src:
+        off = int(src.get_tag_item(f"BLOCK_OFFSET_{xblock}_{yblock}", "TIFF", bidx=1))
+        size = int(src.get_tag_item(f"BLOCK_SIZE_{xblock}_{yblock}", "TIFF", bidx=1))
+    return off, size
+
+
+def test_damaged_inner_tile_fails_even_outside_the_chips(tmp_path, capsys):
+    """Tile (1, 0) covers columns 256..299, which no 64-px chip reads, and is not the last block."""
+    rng = np.random.default_rng(3)
+    data = rng.integers(1, 4000, (3, 300, 300), dtype=np.uint16)
+    t = Affine(10.0, 0, 600000.0, 0, -10.0, 5000000.0)
+    path = write_tif(tmp_path / "tiles.tif", data, t, "EPSG:32632", descriptions=["B2", "B3", "B4"], tiled=True)
+    off, size = _block_offset(path, 1, 0)
+    raw = bytearray(path.read_bytes())
+    raw[off : off + size] = bytes(rng.integers(0, 256, size, dtype=np.uint8))
+    path.write_bytes(bytes(raw))
+    code, err = _run_cli(tmp_path, "--s2", str(path), capsys=capsys)
+    assert code == 2, err
+    assert err.startswith(f"error: {path}: reading pixels failed in block (row 0, col 1) of band 1 (x 256..300, y 0..256: ")
+    assert "truncated or corrupt: re-download or re-export it" in err
+    assert_nothing_left(tmp_path / "stores" / "bad")
+
+
+def test_quiet_successes_are_said_and_recorded(tmp_path, capsys):
+    """An empty band, extra bands, a warped input, a partial overlap and a label raster elsewhere: all said and kept."""
+    rng = np.random.default_rng(4)
+    t = Affine(10.0, 0, 600000.0, 0, -10.0, 5000000.0)
+    s2 = rng.uniform(0.01, 0.4, (4, 256, 256)).astype(np.float32)
+    s2[0] = np.nan  # B2 entirely empty
+    s2_path = write_tif(tmp_path / "s2.tif", s2, t, "EPSG:32632", nodata=float("nan"), descriptions=["B2", "B3", "B4", "B8"])
+    # S1 in EPSG:4326 over only the western half of the S2 scene: warped, and the AOI shrinks to the overlap
+    with rasterio.open(s2_path) as src:
+        dst_t, w, h = calculate_default_transform(src.crs, "EPSG:4326", 128, 256, 600000.0, 5000000.0 - 2560, 601280.0, 5000000.0)
+    s1 = rng.uniform(-20, -5, (2, h, w)).astype(np.float32)
+    s1_path = write_tif(tmp_path / "s1.tif", s1, dst_t, "EPSG:4326", nodata=float("nan"), descriptions=["VV", "VH"])
+    jrc = SHARED_DATA / "jrc-gsw-sample" / "occurrence-0000360000-0000480000.tif"  # Brazil: no overlap with the Alps
+    out = tmp_path / "stores" / "quiet"
+    code = main(["geotiff", "--aoi", "quiet", "--out", str(out), "--s2", str(s2_path), "--s1", str(s1_path),
+                 "--chip-size", "32", "--jrc", str(jrc), "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 0, err
+    said = [line.removeprefix("warning: ") for line in err.splitlines() if line.startswith("warning: ")]
+    st = ChipStore.open(out)
+    assert st.meta.extra["ingest"]["warnings"] == said  # every line said is recorded in store.json
+    text = "\n".join(said)
+    assert "inputs only partly overlap: the AOI shrinks to their common area" in text and "of s2.tif" in text
+    assert "s2rgb: extra band(s) B8 of s2.tif dropped (only B4, B3, B2 are stored)" in text
+    assert "s1amp: s1.tif (EPSG:4326, " in text and "warped (bilinear) to the target grid EPSG:32632 at 10 x 10" in text
+    assert "s2rgb: band B2 is entirely empty (every value NaN or nodata in s2.tif): stored, and marked missing" in text
+    assert "jrc labels (occurrence-0000360000-0000480000.tif): no overlap with the" in text and "not attached" in text
+    assert "jrc" not in st.meta.extra.get("labels", {})
+    assert not st.index["has_s2rgb_B2"].any() and st.index["has_s2rgb_B4"].all()
+    # a re-run finds the store up to date and says the recorded warnings again
+    assert main(["geotiff", "--aoi", "quiet", "--out", str(out), "--s2", str(s2_path), "--s1", str(s1_path),
+                 "--chip-size", "32", "--jrc", str(jrc), "--quiet"]) == 0
+    again = capsys.readouterr()
+    assert "up to date" in again.out and again.err.count("warning: ") == len(said)

@@ -44,8 +44,13 @@ def chip_to_rgb(modality: Modality | str, x: np.ndarray, channels: Sequence[str]
         b = (vv - vh) / 15.0
         rgb = np.clip(np.stack([r, g, b], axis=-1), 0, 1)
     else:
-        lo, hi = x[0], x[-1]
-        rgb = np.clip(np.stack([lo, hi, x.mean(axis=0)], axis=-1), 0, 1)
+        # R = first (shortest) baseline, G = last (longest), B = mean; a baseline missing at a pixel (nodata
+        # masked to NaN) falls back to the mean of those present, so one gap does not grey out the pixel.
+        with np.errstate(invalid="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            mean = np.nanmean(x, axis=0)
+        lo, hi = np.where(np.isfinite(x[0]), x[0], mean), np.where(np.isfinite(x[-1]), x[-1], mean)
+        rgb = np.clip(np.stack([lo, hi, mean], axis=-1), 0, 1)
     out = np.nan_to_num(rgb * 255.0, nan=128.0)
     return out.astype(np.uint8)
 
