@@ -123,7 +123,7 @@ def _store_state(ws: Workspace, aoi: str) -> tuple[str, str, ChipStore | None]:
         return "damaged", str(e), None
     if (health := store.verify()).startswith("damaged"):  # "damaged: <what>; rebuild with `...`"
         what, _, fix = health.removeprefix("damaged: ").rpartition("; ")
-        return "damaged", f"{fix}: {what}", len(store)
+        return "damaged", f"{fix}: {what}", None
     kind = "simulated" if store.meta.simulated else "real"
     version = store.meta.extra.get("request", {}).get("version")
     if store.meta.simulated and aoi in DEFAULT_AOIS and version is not None and version != SIMULATOR_VERSION:
