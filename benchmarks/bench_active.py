@@ -32,7 +32,8 @@ import numpy as np
 from sklearn.metrics import roc_auc_score
 from threadpoolctl import threadpool_limits
 
-from core.embed import EmbeddingError, embed_aoi, load_embeddings
+from core.embed import embed_aoi
+from core.embeddings import EmbeddingError, load_embeddings
 from core.mapping import fit_label_map, suggest_next
 from core.probes import split_pool_test
 from data.labelsets import LabelSet

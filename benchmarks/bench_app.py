@@ -35,7 +35,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from benchmarks.bench_index import clustered_unit_vectors
-from core.embed import Embeddings
+from core.embeddings import Embeddings
 from core.index import ChipIndex, top_k
 from data.simulate import simulate_store
 from ui import maps

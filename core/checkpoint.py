@@ -3,11 +3,16 @@
 Layout: `model.safetensors`, `config.yaml` (ModelConfig), `meta.json` (params, training data, metrics,
 code version), optional `train_state.pt` (optimizer/scheduler/RNG/step, read with
 `torch.load(weights_only=True)`), optional `training_log.jsonl` and `COMMAND.txt`.
+
+The weights file also records the whole model config it was saved with (safetensors metadata `config`;
+older checkpoints: `meta.json`'s `train_config.model`). Loading refuses a `config.yaml` that differs from
+it, since an edited head count or channel order keeps every tensor shape and would load silently wrong.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
+import hashlib
 import json
 import subprocess
 from pathlib import Path
@@ -15,6 +20,7 @@ from typing import Any, Mapping
 
 import torch
 import yaml
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -77,7 +83,7 @@ def save_checkpoint(
         **dict(meta),
     }
     with atomic_dir(Path(path), overwrite=True) as tmp:
-        save_file(state, str(tmp / WEIGHTS), metadata={"format": "pt", "name": cfg.name})
+        save_file(state, str(tmp / WEIGHTS), metadata={"format": "pt", "name": cfg.name, "config": _config_json(cfg.to_dict())})
         (tmp / CONFIG).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
         (tmp / META).write_text(json.dumps(full_meta, indent=2, sort_keys=True, default=str) + "\n")
         if train_state is not None:
@@ -117,6 +123,32 @@ def read_model_card(path: "str | Path") -> dict:
     return {"path": str(path), "config": cfg.to_dict(), "meta": meta}
 
 
+def _config_json(d: Mapping[str, Any]) -> str:
+    return json.dumps(d, sort_keys=True)
+
+
+def _saved_config(path: Path) -> dict | None:
+    """The model config the weights were saved with (weights metadata, else meta.json), or None if not recorded."""
+    try:
+        with safe_open(str(path / WEIGHTS), framework="pt") as f:
+            recorded = (f.metadata() or {}).get("config")
+    except (OSError, SafetensorError) as e:
+        raise CheckpointError(f"{path / WEIGHTS} cannot be read ({e}); the checkpoint is damaged") from e
+    try:
+        if recorded is not None:
+            return ModelConfig.from_dict(json.loads(recorded)).to_dict()
+        meta_file = path / META
+        model = json.loads(meta_file.read_text()).get("train_config", {}).get("model") if meta_file.is_file() else None
+        return None if model is None else ModelConfig.from_dict(model).to_dict()
+    except (ValueError, TypeError, AttributeError) as e:
+        raise CheckpointError(f"the model config recorded with {path / WEIGHTS} is unreadable ({e}); the checkpoint is damaged") from e
+
+
+def _dict_diff(saved: Mapping[str, Any], now: Mapping[str, Any]) -> str:
+    return "; ".join(f"{k}: saved {saved.get(k)!r}, config.yaml {now.get(k)!r}"
+                     for k in sorted(set(saved) | set(now)) if saved.get(k) != now.get(k))
+
+
 def _config_diff(a: ModelConfig, b: ModelConfig) -> str:
     da, db = a.architecture(), b.architecture()
     return ", ".join(f"{k}: checkpoint {da[k]!r} vs expected {db[k]!r}" for k in da if da[k] != db[k])
@@ -138,6 +170,10 @@ def load_checkpoint(
     weights = path / WEIGHTS
     if not weights.is_file():
         raise CheckpointError(f"{weights} is missing; the checkpoint is incomplete")
+    saved = _saved_config(path)
+    if saved is not None and saved != cfg.to_dict():
+        raise CheckpointError(f"{path / CONFIG} differs from the config the weights were saved with ({_dict_diff(saved, cfg.to_dict())}); "
+                              "restore it or retrain")
     try:
         state = load_file(str(weights), device=str(device))
     except Exception as e:  # safetensors raises its own error types for truncated/corrupt files
@@ -156,6 +192,28 @@ def load_checkpoint(
     model.load_state_dict(state)
     model.to(device).eval()
     return model, read_model_card(path)
+
+
+_DIGEST_CACHE: dict[tuple, str] = {}
+
+
+def checkpoint_digest(path: "str | Path") -> str:
+    """SHA-256 over every file of a checkpoint directory (names and contents), cached by names, sizes and mtimes."""
+    path = Path(path)
+    if not (path / WEIGHTS).is_file():
+        raise CheckpointError(f"{path / WEIGHTS} is missing: {path} is not a complete checkpoint")
+    files = sorted(f for f in path.rglob("*") if f.is_file())
+    key = (str(path.resolve()),) + tuple((str(f.relative_to(path)), f.stat().st_size, f.stat().st_mtime_ns) for f in files)
+    if key not in _DIGEST_CACHE:
+        h = hashlib.sha256()
+        for f in files:
+            file_hash = hashlib.sha256()
+            with open(f, "rb") as fh:
+                for chunk in iter(lambda: fh.read(1 << 20), b""):
+                    file_hash.update(chunk)
+            h.update(f"{f.relative_to(path).as_posix()}\0{file_hash.hexdigest()}\n".encode())
+        _DIGEST_CACHE[key] = h.hexdigest()
+    return _DIGEST_CACHE[key]
 
 
 def load_train_state(path: "str | Path") -> dict:

@@ -1,132 +1,57 @@
-"""Embed an AOI's chip store with a checkpoint: per-modality and fused vectors aligned with the chip ids.
+"""Compute embeddings of an AOI's chip store with a checkpoint, resumably and torchrun-sharded; and the CLI.
 
-Output `<workspace>/embeddings/<aoi>/<model_name>/<scenario>/`: `chip_ids.npy`, one `<key>.npy` float32
-[N, D] per key (the model's modalities and `fused`), `present.npz` (key -> bool [N]) and `meta.json`.
-A modality the store lacks, or a chip without it, is a zero row with present False.
-
-Scenarios: `full`; `random-init` (the checkpoint's architecture, `torch.manual_seed(0)`, untrained: the
-probes' baseline); `drop-<mod>-<channel>` (that channel's mask forced False at inference). Dropping whole
-modalities needs no re-embedding: `Embeddings.fused_without(...)`.
-
+The file format, scenarios, staleness and loading live in `core.embeddings`; this module runs the model.
 Runs are resumable: shards of `shard_chips` chips are written as part files to a work folder inside the
 workspace and reused by the next run; the final folder appears atomically once every shard is done.
 Under `torchrun` each rank embeds a contiguous slice of the shards, then rank 0 merges after a barrier
-(gloo on CPU, NCCL on GPU); without torchrun it is a plain single process.
+(`core.distributed`: gloo on CPU, NCCL on GPU); without torchrun it is a plain single process.
 """
 
 from __future__ import annotations
 
 import argparse
-import hashlib
+import io
 import json
-import os
 import shutil
 import sys
 import time
 import zipfile
-from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
+from core import distributed
 from core.checkpoint import SHIPPED_CHECKPOINT, load_checkpoint, read_config
-from core.model import ModelConfig, MultiModalViT, fuse
-from data.atomic import atomic_dir, atomic_write_bytes, atomic_write_json
+from core.embeddings import (
+    FORMAT_VERSION,
+    RANDOM_INIT_SEED,
+    EmbeddingError,
+    Embeddings,
+    drop_scenarios,
+    embeddings_dir,
+    embeddings_state,
+    ids_digest,
+    model_name_of,
+    source_sha,
+    validate_drop,
+    write_embeddings,
+)
+from core.model import ModelConfig, MultiModalViT
+from core.progress import ProgressCallback
+from data.atomic import atomic_write_bytes, atomic_write_json
 from data.dataset import ChipDataset, to_model_channels
 from data.store import ChipStore
-from core.progress import ProgressCallback
-from data.workspace import SCENARIO_FULL, SCENARIO_RANDOM, Workspace, drop_scenario, parse_scenario
+from data.workspace import SCENARIO_FULL, SCENARIO_RANDOM, Workspace, parse_scenario
 
-FORMAT_VERSION = 1
 DEFAULT_SHARD_CHIPS = 1024
 DEFAULT_BATCH_SIZE = 256
-RANDOM_INIT_SEED = 0
-
-
-class EmbeddingError(Exception):
-    """Embeddings are missing, incomplete or do not match the store: the message says which command fixes it."""
-
-
-# ----------------------------------------------------------------------------------------- data type
-@dataclass
-class Embeddings:
-    """Per-modality and fused embeddings of one AOI, rows in store order."""
-
-    chip_ids: np.ndarray
-    vectors: dict[str, np.ndarray]
-    present: dict[str, np.ndarray]
-    meta: dict = field(default_factory=dict)
-
-    def __len__(self) -> int:
-        return len(self.chip_ids)
-
-    @property
-    def keys(self) -> list[str]:
-        """Vector keys held (modalities then `fused`)."""
-        return list(self.vectors)
-
-    @property
-    def modalities(self) -> list[str]:
-        """Modality keys held (without `fused`)."""
-        return [k for k in self.vectors if k != "fused"]
-
-    @property
-    def dim(self) -> int:
-        """Embedding dimension."""
-        return int(next(iter(self.vectors.values())).shape[1])
-
-    def get(self, key: str) -> tuple[np.ndarray, np.ndarray]:
-        """(vectors [N, D], present [N]) of one key, with an error naming the keys held."""
-        if key not in self.vectors:
-            raise KeyError(f"no {key!r} embeddings; these hold {self.keys}")
-        return self.vectors[key], self.present[key]
-
-    def fused_without(self, dropped: Iterable[str]) -> tuple[np.ndarray, np.ndarray]:
-        """Fused vectors and presence as if the `dropped` modalities were missing at inference."""
-        dropped = set(dropped)
-        unknown = dropped - set(self.modalities)
-        if unknown:
-            raise KeyError(f"cannot drop {sorted(unknown)}: these embeddings hold modalities {self.modalities}")
-        keep = [k for k in self.modalities if k not in dropped]
-        if not keep:
-            n = len(self)
-            return np.zeros((n, self.dim), dtype=np.float32), np.zeros(n, dtype=bool)
-        return fuse({k: self.vectors[k] for k in keep}, {k: self.present[k] for k in keep})
-
-
-# ----------------------------------------------------------------------------------------- scenarios
-def drop_scenarios(cfg: ModelConfig) -> list[str]:
-    """Every single-channel dropout scenario of a model config (`drop-<mod>-<channel>`)."""
-    return [drop_scenario(m, [c]) for m, chans in cfg.channels.items() for c in chans]
-
-
-def _validate_drop(cfg: ModelConfig, drop: Mapping[str, Sequence[str]] | None) -> dict[str, list[str]]:
-    out: dict[str, list[str]] = {}
-    for mod, chans in (drop or {}).items():
-        if mod not in cfg.channels:
-            raise ValueError(f"cannot drop channels of {mod!r}: the model has modalities {list(cfg.channels)}")
-        bad = [c for c in chans if c not in cfg.channels[mod]]
-        if bad:
-            raise ValueError(f"cannot drop {bad} of {mod!r}: the model's {mod} channels are {cfg.channels[mod]}")
-        out[mod] = list(chans)
-    return out
 
 
 # ----------------------------------------------------------------------------------------- embedding
-def _world() -> tuple[int, int]:
-    """(rank, world size) from torchrun's environment; (0, 1) in a plain process."""
-    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-
-
-def default_threads() -> int:
-    """Threads per process: the machine's cores shared among torchrun ranks."""
-    return max(1, (os.cpu_count() or 1) // _world()[1])
-
-
 def _model_device(model: torch.nn.Module) -> torch.device:
     try:
         return next(model.parameters()).device
@@ -175,7 +100,7 @@ def embed_positions(
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     cfg: ModelConfig = model.cfg
-    drop = _validate_drop(cfg, drop_channels)
+    drop = validate_drop(cfg, drop_channels)
     # Only the modalities the store holds go through their towers; the others are zero rows, present False.
     stored = {m: c for m, c in cfg.channels.items() if store.has_modality(m)}
     keys = list(cfg.channels) + ["fused"]
@@ -221,59 +146,17 @@ def embed_store(
     num_threads: int | None = None,
 ) -> Embeddings:
     """Embed every chip of a store in memory (no files): per-modality + fused vectors and presence."""
-    torch.set_num_threads(num_threads or default_threads())
+    torch.set_num_threads(num_threads or distributed.default_threads())
     bar = tqdm(total=len(store), desc=f"embed {store.meta.aoi}", unit="chip", disable=not progress)
     vectors, present = embed_positions(store, model, np.arange(len(store)), drop_channels=drop_channels,
                                        batch_size=batch_size, bar=bar)
     bar.close()
     meta = {"aoi": store.meta.aoi, "n_chips": len(store), "dim": model.cfg.embed_dim,
-            "dropped": _validate_drop(model.cfg, drop_channels), "simulated": store.meta.simulated}
+            "dropped": validate_drop(model.cfg, drop_channels), "simulated": store.meta.simulated}
     return Embeddings(store.index["chip_id"].to_numpy().astype(str), vectors, present, meta)
 
 
-# ----------------------------------------------------------------------------------------- files
-_SHA_CACHE: dict[tuple[str, int, int], str] = {}
-
-
-def checkpoint_sha(checkpoint: str | Path) -> str:
-    """SHA-256 of a checkpoint's weights file (cached by path, size and mtime)."""
-    f = Path(checkpoint) / "model.safetensors"
-    if not f.is_file():
-        raise EmbeddingError(f"{f} is missing: {checkpoint} is not a complete checkpoint")
-    st = f.stat()
-    key = (str(f.resolve()), st.st_size, st.st_mtime_ns)
-    if key not in _SHA_CACHE:
-        h = hashlib.sha256()
-        with open(f, "rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                h.update(chunk)
-        _SHA_CACHE[key] = h.hexdigest()
-    return _SHA_CACHE[key]
-
-
-def source_sha(checkpoint: str | Path, scenario: str) -> str:
-    """What a scenario's vectors derive from: the weights' sha, or for random-init the architecture + seed."""
-    if scenario == SCENARIO_RANDOM:
-        arch = json.dumps(read_config(checkpoint).architecture(), sort_keys=True)
-        return "random-init:" + hashlib.sha256(f"{arch}|seed={RANDOM_INIT_SEED}|torch={torch.__version__}".encode()).hexdigest()
-    return checkpoint_sha(checkpoint)
-
-
-def model_name_of(checkpoint: str | Path) -> str:
-    """The model name used in workspace paths: the checkpoint directory's name (e.g. tiny-sim)."""
-    return Path(checkpoint).resolve().name
-
-
-def ids_digest(chip_ids: Sequence[str] | np.ndarray) -> str:
-    """A short digest of the chip-id order, to notice a store rebuilt with other chips."""
-    return hashlib.sha256("\n".join(map(str, chip_ids)).encode()).hexdigest()[:16]
-
-
-def embeddings_dir(ws: Workspace, aoi: str, model_name: str = "tiny-sim", scenario: str = SCENARIO_FULL) -> Path:
-    """Folder of one AOI x model x scenario's embeddings."""
-    return ws.embeddings_dir(aoi, model_name, scenario)
-
-
+# ----------------------------------------------------------------------------------------- resumable runs
 def load_model(checkpoint: str | Path, scenario: str = SCENARIO_FULL, device: str | torch.device = "cpu") -> MultiModalViT:
     """The model a scenario embeds with: the checkpoint's weights, or its architecture seeded untrained."""
     parse_scenario(scenario)
@@ -285,33 +168,6 @@ def load_model(checkpoint: str | Path, scenario: str = SCENARIO_FULL, device: st
     return model
 
 
-def _build_cmd(ws: Workspace, aoi: str, scenario: str) -> str:
-    return f"`python -m core.embed --workspace {ws.root} --aoi {aoi} --scenario {scenario}` (or `python -m core.pipeline build`)"
-
-
-def embeddings_state(ws: Workspace, aoi: str, checkpoint: str | Path = SHIPPED_CHECKPOINT,
-                     scenario: str = SCENARIO_FULL, store: ChipStore | None = None,
-                     model_name: str | None = None) -> tuple[str, str]:
-    """('built' | 'missing' | 'stale', detail) of an AOI's embeddings against the checkpoint and store."""
-    out = embeddings_dir(ws, aoi, model_name or model_name_of(checkpoint), scenario)
-    meta_f = out / "meta.json"
-    if not meta_f.is_file():
-        return "missing", f"no embeddings at {out}"
-    try:
-        meta = json.loads(meta_f.read_text())
-    except ValueError:
-        return "stale", f"{meta_f} is unreadable"
-    store = store or ws.open_store(aoi)
-    want_sha = source_sha(checkpoint, scenario)
-    if meta.get("source_sha") != want_sha:
-        return "stale", "built with other weights than the checkpoint now in use"
-    if meta.get("n_chips") != len(store) or meta.get("chip_ids_digest") != ids_digest(store.index["chip_id"]):
-        return "stale", f"the store now holds {len(store)} chips / other chip ids than when embedded ({meta.get('n_chips')})"
-    if meta.get("format_version") != FORMAT_VERSION:
-        return "stale", f"format {meta.get('format_version')} != {FORMAT_VERSION}"
-    return "built", f"{meta.get('n_chips')} chips x {meta.get('dim')}-d"
-
-
 def _shards(n: int, shard_chips: int) -> list[tuple[int, int]]:
     return [(s, min(s + shard_chips, n)) for s in range(0, n, shard_chips)]
 
@@ -321,8 +177,6 @@ def _part_path(work: Path, start: int, stop: int) -> Path:
 
 
 def _write_part(path: Path, vectors: dict[str, np.ndarray], present: dict[str, np.ndarray]) -> None:
-    import io
-
     buf = io.BytesIO()
     np.savez(buf, **{f"v_{k}": v for k, v in vectors.items()}, **{f"p_{k}": p for k, p in present.items()})
     atomic_write_bytes(path, buf.getvalue())
@@ -349,35 +203,6 @@ def _prepare_work(work: Path, work_meta: dict) -> None:
         shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True, exist_ok=True)
     atomic_write_json(f, work_meta)
-
-
-def _dist_setup(device: str) -> tuple[int, int, bool]:
-    """Join torchrun's process group when launched by it; returns (rank, world, created_here)."""
-    rank, world = _world()
-    if world <= 1:
-        return 0, 1, False
-    import torch.distributed as dist
-
-    if dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size(), False
-    backend = "nccl" if str(device).startswith("cuda") else "gloo"
-    dist.init_process_group(backend=backend)
-    return dist.get_rank(), dist.get_world_size(), True
-
-
-def _barrier(world: int) -> None:
-    if world > 1:
-        import torch.distributed as dist
-
-        dist.barrier()
-
-
-def _resolve_device(device: str) -> str:
-    if device == "auto":
-        if torch.cuda.is_available():
-            return f"cuda:{int(os.environ.get('LOCAL_RANK', 0)) % torch.cuda.device_count()}"
-        return "cpu"
-    return device
 
 
 def embed_aoi(
@@ -409,12 +234,12 @@ def embed_aoi(
         if progress_cb:
             progress_cb(1.0, f"{aoi} {scenario}: up to date")
         return out
-    device = _resolve_device(device)
-    rank, world, created = _dist_setup(device)
+    ctx = distributed.setup(device)
+    rank, world = ctx.rank, ctx.world
     try:
-        torch.set_num_threads(num_threads or default_threads())
-        model = load_model(checkpoint, scenario, device)
-        _validate_drop(model.cfg, drop)
+        torch.set_num_threads(num_threads or distributed.default_threads())
+        model = load_model(checkpoint, scenario, ctx.device)
+        validate_drop(model.cfg, drop)
         chip_ids = store.index["chip_id"].to_numpy().astype(str)
         n = len(store)
         sha = source_sha(checkpoint, scenario)
@@ -424,7 +249,7 @@ def embed_aoi(
                      "shard_chips": shard_chips, "batch_size": batch_size, "keys": keys, "format_version": FORMAT_VERSION}
         if rank == 0:
             _prepare_work(work, work_meta)
-        _barrier(world)
+        distributed.barrier(ctx)
         shards = _shards(n, shard_chips)
         # Contiguous slices of shards per rank: rank r takes shards [r*S/W, (r+1)*S/W).
         mine = shards[rank * len(shards) // world:(rank + 1) * len(shards) // world]
@@ -441,7 +266,7 @@ def embed_aoi(
             if progress_cb:
                 progress_cb(done / max(1, len(mine)), f"{aoi} {scenario}: {b}/{n} chips")
         bar.close()
-        _barrier(world)
+        distributed.barrier(ctx)
         if rank == 0:
             _merge(work, out, shards, keys, chip_ids, overwrite=True, meta={
                 "aoi": aoi, "model_name": model_name, "checkpoint": str(checkpoint), "source_sha": sha,
@@ -451,12 +276,9 @@ def embed_aoi(
                 "resampled_from": store.meta.chip_size if store.meta.chip_size != model.cfg.chip_size else None,
                 "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             })
-        _barrier(world)
+        distributed.barrier(ctx)
     finally:
-        if created:
-            import torch.distributed as dist
-
-            dist.destroy_process_group()
+        distributed.teardown(ctx)
     return out
 
 
@@ -472,44 +294,9 @@ def _merge(work: Path, out: Path, shards: list[tuple[int, int]], keys: list[str]
         for k in keys:
             vectors[k].append(part[0][k])
             present[k].append(part[1][k])
-    with atomic_dir(out, overwrite=overwrite) as tmp:
-        np.save(tmp / "chip_ids.npy", chip_ids.astype(str), allow_pickle=False)
-        for k in keys:
-            np.save(tmp / f"{k}.npy", np.concatenate(vectors[k]).astype(np.float32), allow_pickle=False)
-        np.savez(tmp / "present.npz", **{k: np.concatenate(present[k]).astype(bool) for k in keys})
-        (tmp / "meta.json").write_text(json.dumps(meta, indent=2, sort_keys=True, default=str) + "\n")
+    write_embeddings(out, chip_ids, {k: np.concatenate(vectors[k]) for k in keys},
+                     {k: np.concatenate(present[k]) for k in keys}, meta, overwrite=overwrite)
     shutil.rmtree(work, ignore_errors=True)
-
-
-def load_embeddings(ws: Workspace, aoi: str, model_name: str = "tiny-sim", scenario: str = SCENARIO_FULL,
-                    *, check_store: bool = True) -> Embeddings:
-    """Read an AOI's embeddings; EmbeddingError (with the command that builds them) if missing or mismatched."""
-    d = embeddings_dir(ws, aoi, model_name, scenario)
-    if not (d / "meta.json").is_file():
-        raise EmbeddingError(f"no {scenario!r} embeddings of AOI {aoi!r} for model {model_name!r} at {d}: "
-                             f"build them with {_build_cmd(ws, aoi, scenario)}")
-    try:
-        meta = json.loads((d / "meta.json").read_text())
-        chip_ids = np.load(d / "chip_ids.npy", allow_pickle=False)
-        keys = list(meta["keys"])
-        vectors = {k: np.load(d / f"{k}.npy", allow_pickle=False) for k in keys}
-        with np.load(d / "present.npz", allow_pickle=False) as z:
-            present = {k: z[k] for k in keys}
-    except (OSError, ValueError, KeyError) as e:
-        raise EmbeddingError(f"embeddings at {d} are damaged ({e}): delete the folder and rebuild with "
-                             f"{_build_cmd(ws, aoi, scenario)}") from e
-    n = len(chip_ids)
-    for k in keys:
-        if vectors[k].shape != (n, meta["dim"]) or present[k].shape != (n,):
-            raise EmbeddingError(f"embeddings at {d}: {k} has shape {vectors[k].shape}, expected ({n}, {meta['dim']}); "
-                                 f"delete the folder and rebuild with {_build_cmd(ws, aoi, scenario)}")
-    if check_store and ws.store_path(aoi).is_dir():
-        store_ids = ws.open_store(aoi).index["chip_id"].to_numpy().astype(str)
-        if len(store_ids) != n or not np.array_equal(store_ids, chip_ids.astype(str)):
-            raise EmbeddingError(
-                f"embeddings at {d} ({n} chips) do not match the chip ids of store {aoi!r} ({len(store_ids)} chips): "
-                f"the store was rebuilt since; re-embed with {_build_cmd(ws, aoi, scenario)}")
-    return Embeddings(chip_ids.astype(str), vectors, present, meta)
 
 
 # ----------------------------------------------------------------------------------------- CLI
@@ -552,14 +339,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         except ValueError as e:
             print(f"error: {e}", file=sys.stderr)
             return 2
-    rank, world, created = _dist_setup(_resolve_device(args.device))  # one process group for every AOI
-    try:
-        _embed_all(ws, aois, scenarios, args, rank)
-    finally:
-        if created:
-            import torch.distributed as dist
-
-            dist.destroy_process_group()
+    with distributed.distributed(args.device) as ctx:  # one process group for every AOI
+        _embed_all(ws, aois, scenarios, args, ctx.rank)
     return 0
 
 

@@ -41,11 +41,11 @@ import pandas as pd
 from tqdm import tqdm
 
 from core.checkpoint import SHIPPED_CHECKPOINT, read_config
-from core.embed import (
+from core.embed import embed_aoi
+from core.embeddings import (
     SCENARIO_FULL,
     SCENARIO_RANDOM,
     drop_scenarios,
-    embed_aoi,
     ids_digest,
     load_embeddings,
     model_name_of,

@@ -41,7 +41,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from core.checkpoint import code_version
-from core.embed import EmbeddingError, checkpoint_sha, load_embeddings
+from core.embeddings import EmbeddingError, checkpoint_sha, load_embeddings
 from core.probes import KNN_K, RF_TREES, RIDGE_ALPHAS
 from data.atomic import atomic_write_bytes
 from data.labelsets import (

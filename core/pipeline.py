@@ -33,7 +33,8 @@ import pandas as pd
 from tqdm import tqdm
 
 from core.checkpoint import SHIPPED_CHECKPOINT, CheckpointError, read_config
-from core.embed import Embeddings, embed_aoi, embeddings_state, load_embeddings, model_name_of
+from core.embed import embed_aoi
+from core.embeddings import Embeddings, embeddings_state, load_embeddings, model_name_of
 from core.index import ChipIndex
 from core.progress import ProgressCallback, clamp_fraction
 from core.project import project_aoi, projection_state

@@ -26,7 +26,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from data.atomic import atomic_write_bytes, atomic_write_json
-from core.embed import EmbeddingError, Embeddings, load_embeddings
+from core.embeddings import EmbeddingError, Embeddings, load_embeddings
 from data.workspace import ALL_AOIS, SCENARIO_FULL, Workspace
 
 FORMAT_VERSION = 1

@@ -29,7 +29,7 @@ from typing import Callable, Iterable, Mapping, NamedTuple, Protocol, Sequence
 
 import numpy as np
 
-from core.embed import EmbeddingError, Embeddings, load_embeddings
+from core.embeddings import EmbeddingError, Embeddings, load_embeddings
 from core.features import BASELINES, baseline_features, handcrafted_features
 from core.model import fuse
 from data.modalities import MODALITY_KEYS

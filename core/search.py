@@ -14,7 +14,7 @@ from typing import Mapping
 import numpy as np
 import pandas as pd
 
-from core.embed import Embeddings
+from core.embeddings import Embeddings
 from core.index import ChipIndex, query_vector, top_k
 from data.modalities import MODALITY_KEYS, get_modality
 

@@ -13,19 +13,11 @@ import pytest
 import torch
 
 from core.checkpoint import save_checkpoint
-from core.embed import (
-    EmbeddingError,
-    embed_aoi,
-    embed_positions,
-    embed_store,
-    embeddings_state,
-    load_embeddings,
-    load_model,
-    parse_scenario,
-)
+from core.embed import embed_aoi, embed_positions, embed_store, load_model
+from core.embeddings import EmbeddingError, embeddings_state, load_embeddings
 from core.model import ModelConfig, MultiModalViT, fuse
 from data.simulate import simulate_store
-from data.workspace import Workspace
+from data.workspace import Workspace, parse_scenario
 
 REPO = Path(__file__).resolve().parents[1]
 

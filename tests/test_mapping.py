@@ -11,7 +11,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from core.embed import embeddings_dir, load_embeddings
+from core.embeddings import embeddings_dir, load_embeddings
 from core.mapping import (
     MappingError,
     detections,

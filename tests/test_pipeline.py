@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from core.checkpoint import save_checkpoint
-from core.embed import load_embeddings
+from core.embeddings import load_embeddings
 from core.index import ChipIndex
 from core.model import ModelConfig, MultiModalViT
 from core.pipeline import PipelineError, build, index_dir, main, status

@@ -12,7 +12,8 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from core.checkpoint import SHIPPED_CHECKPOINT, read_config
-from core.embed import embed_aoi, load_embeddings
+from core.embed import embed_aoi
+from core.embeddings import load_embeddings
 from core.index import ChipIndex
 from core.pipeline import build, status
 from core.probes import fit_probe

@@ -11,7 +11,8 @@ import torch
 
 from core import representations
 from core.checkpoint import save_checkpoint
-from core.embed import embed_aoi, load_embeddings
+from core.embed import embed_aoi
+from core.embeddings import load_embeddings
 from core.features import handcrafted_features
 from core.model import ModelConfig, MultiModalViT, fuse
 from core.representations import (

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from core.embed import Embeddings
+from core.embeddings import Embeddings
 from core.index import ChipIndex
 from core.search import SearchError, SearchRequest, search_chips, split_ref
 

@@ -19,7 +19,7 @@ import streamlit as st
 
 from core import pipeline
 from core.checkpoint import read_model_card
-from core.embed import EmbeddingError, Embeddings, load_embeddings, model_name_of
+from core.embeddings import EmbeddingError, Embeddings, load_embeddings, model_name_of
 from core.index import ChipIndex
 from core.mapping import fit_label_map, predict_other, suggest_next
 from core.probes import fit_probe, learning_curve, probe_split
