@@ -76,7 +76,7 @@ def test_heldout_chips_are_pretrainings_heldout_chips(tiny_ckpt, tmp_path):
     from core.embed import load_model
     from core.retrieval import embed_heldout, heldout_stores
     from training.config import DataConfig
-    from training.data import ChipSource, simulated_stores
+    from training.data import TrainingChips, simulated_stores
 
     model = load_model(tiny_ckpt)
     cfg = model.cfg
@@ -86,7 +86,7 @@ def test_heldout_chips_are_pretrainings_heldout_chips(tiny_ckpt, tmp_path):
     theirs = simulated_stores(d, cfg.chip_size, chans, [7], 5, progress=False)
     assert [len(s) for s in mine] == [len(s) for s in theirs]
     v, p = embed_heldout(model, mine, 10)
-    src = ChipSource(theirs, chans, in_memory=False)
+    src = TrainingChips(theirs, chans, in_memory=False)
     batch = src.get_batch(np.linspace(0, len(src) - 1, 10).round().astype(np.int64))
     with torch.no_grad():
         out = model.eval().encode(batch)

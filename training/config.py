@@ -30,6 +30,8 @@ class DataConfig:
     augment: bool = True                     # random flips / rot90, identical for all modalities of a chip
     cache_dir: str = "runs/data"             # simulated stores are written here once and reused by later runs
     in_memory: bool = True                   # hold all training chips in RAM (float16); false streams from Zarr
+    workers: int = 2                         # DataLoader worker processes (0: batches read in the training process)
+    prefetch: int = 2                        # batches each worker prepares ahead of the training step
 
 
 @dataclass
@@ -76,6 +78,8 @@ class TrainConfig:
             raise ValueError("data.source=store needs data.paths: a list of chip store directories")
         if d.heldout_seed in d.seeds or d.heldout_seed == DEMO_SEED:
             raise ValueError(f"data.heldout_seed {d.heldout_seed} must differ from the training seeds and from {DEMO_SEED}")
+        if d.workers < 0 or d.prefetch < 1:
+            raise ValueError(f"need data.workers >= 0 and data.prefetch >= 1, got {d.workers} and {d.prefetch}")
         if d.heldout_chips < 2:
             raise ValueError(f"data.heldout_chips must be >= 2 for retrieval, got {d.heldout_chips}")
         for name in ("batch_size", "grad_accum", "steps", "log_every", "eval_every", "ckpt_every"):

@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import shlex
 import sys
 import time
@@ -26,12 +25,15 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
+import yaml
 
+from core import distributed
 from core.checkpoint import CheckpointError, load_checkpoint, load_train_state, save_checkpoint, unwrap
 from core.loss import clip_loss, retrieval_top1
 from core.model import MultiModalViT, count_parameters
+from data.store import ChipStore
 from training.config import TrainConfig, load_config
-from training.data import ChipSource, augment, batch_indices, simulated_stores
+from training.data import StepBatchSampler, TrainingChips, augment, simulated_stores, training_loader
 
 EVAL_PAIRS = (("s2rgb", "s1amp"), ("s2rgb", "coh"), ("s1amp", "coh"))
 LOG_NAME = "training_log.jsonl"
@@ -47,22 +49,6 @@ def get_lr(step: int, cfg: TrainConfig) -> float:
     return floor + 0.5 * (cfg.lr - floor) * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
-def setup_distributed(device_pref: str) -> tuple[int, int, torch.device]:
-    """(rank, world size, device) from torchrun's RANK/WORLD_SIZE/LOCAL_RANK; NCCL on GPU, gloo on CPU."""
-    use_cuda = torch.cuda.is_available() if device_pref == "auto" else device_pref == "cuda"
-    if device_pref == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("device=cuda but no CUDA GPU is visible; use --set device=cpu")
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    local = int(os.environ.get("LOCAL_RANK", "0"))
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
-    if use_cuda:
-        torch.cuda.set_device(local)
-        return rank, world, torch.device("cuda", local)
-    return rank, world, torch.device("cpu")
-
-
 def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     """Weight decay on matrices only; biases, norms, tokens, embeddings and the temperature are not decayed."""
     decay, no_decay = [], []
@@ -75,7 +61,7 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def build_data(cfg: TrainConfig, progress: bool = True) -> tuple[ChipSource, dict[str, torch.Tensor], dict]:
+def build_data(cfg: TrainConfig, progress: bool = True) -> tuple[TrainingChips, dict[str, torch.Tensor], dict]:
     """Training chips, a fixed held-out batch (another seed) and a description of both for the model card."""
     d, m = cfg.data, cfg.model
     if d.source == "simulate":
@@ -83,18 +69,16 @@ def build_data(cfg: TrainConfig, progress: bool = True) -> tuple[ChipSource, dic
         desc = {"source": "simulated (data.simulate)", "aois": list(d.aois), "seeds": list(d.seeds),
                 "chips_per_aoi_per_seed": d.chips_per_aoi}
     else:
-        from data.store import ChipStore
-
         stores = [ChipStore.open(p) for p in d.paths]
         for s in stores:
             if s.meta.chip_size != m.chip_size:
                 raise ValueError(f"store {s.path} has {s.meta.chip_size} px chips but model.chip_size is {m.chip_size}")
         desc = {"source": "chip stores", "paths": list(d.paths), "simulated": [s.meta.simulated for s in stores]}
-    train = ChipSource(stores, m.channels, in_memory=d.in_memory)
+    train = TrainingChips(stores, m.channels, in_memory=d.in_memory)
     desc["train_chips"] = len(train)
     per_aoi = math.ceil(d.heldout_chips / len(d.aois))
     held_stores = simulated_stores(d, m.chip_size, m.channels, [d.heldout_seed], per_aoi, progress)
-    held_src = ChipSource(held_stores, m.channels, in_memory=False)
+    held_src = TrainingChips(held_stores, m.channels, in_memory=False)
     pick = np.linspace(0, len(held_src) - 1, d.heldout_chips).round().astype(np.int64)
     heldout = held_src.get_batch(pick)
     desc["heldout"] = {"source": "simulated (data.simulate)", "seed": d.heldout_seed, "chips": len(pick), "aois": list(d.aois)}
@@ -134,7 +118,7 @@ def _step_seed(seed: int, step: int, micro: int, rank: int) -> int:
 
 # Settings that do not change what a run computes: a resume may differ in these.
 _RESUME_FREE = {"out", "export", "threads", "device", "log_every", "eval_every", "ckpt_every"}
-_RESUME_FREE_DATA = {"cache_dir", "in_memory"}
+_RESUME_FREE_DATA = {"cache_dir", "in_memory", "workers", "prefetch"}
 
 
 def _resume_view(train_config: dict) -> dict:
@@ -172,8 +156,9 @@ def train(
     cfg.validate()
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
-    rank, world, device = setup_distributed(cfg.device)
-    main_proc = rank == 0
+    ctx = distributed.setup(cfg.device)  # the group is left to the caller: main() tears it down
+    rank, world, device = ctx.rank, ctx.world, ctx.device
+    main_proc = ctx.main
     out = Path(cfg.out)
     ckpt_dir, log_path = out / CKPT_NAME, out / LOG_NAME
     if (ckpt_dir.exists() or log_path.exists()) and not (resume or overwrite):
@@ -184,7 +169,7 @@ def train(
     # Rank 0 simulates (or reuses) the cached stores first; the other ranks then only open them.
     if world > 1 and not main_proc:
         dist.barrier()
-    train_src, heldout, data_desc = build_data(cfg, progress=progress and main_proc)
+    train_set, heldout, data_desc = build_data(cfg, progress=progress and main_proc)
     if world > 1 and main_proc:
         dist.barrier()
     global_micro = cfg.batch_size * world
@@ -226,6 +211,12 @@ def train(
     last_eval: dict = resumed_eval if resume else {}  # a finished run resumed keeps its scores
     losses: list[float] = []
     t0, t_log = time.perf_counter(), time.perf_counter()
+    # Batches come from DataLoader workers that read ahead; which chips a micro-step gets depends only on
+    # (seed, micro-step), so a resumed run reads exactly what the uninterrupted run read.
+    sampler = StepBatchSampler(len(train_set), global_micro, cfg.seed, rank, world,
+                               start_step * cfg.grad_accum, cfg.steps * cfg.grad_accum)
+    batches = iter(training_loader(train_set, sampler, workers=cfg.data.workers, prefetch=cfg.data.prefetch,
+                                   pin_memory=device.type == "cuda"))
     bar = tqdm(total=cfg.steps, initial=start_step, desc=f"pretrain {cfg.model.name}", unit="step",
                disable=not (progress and main_proc))
     step = start_step
@@ -236,8 +227,7 @@ def train(
         step_loss = 0.0
         for micro in range(cfg.grad_accum):
             seed = _step_seed(cfg.seed, step, micro, rank)
-            idx = batch_indices(len(train_src), global_micro, step * cfg.grad_accum + micro, cfg.seed, rank, world)
-            batch = train_src.get_batch(idx)
+            batch = next(batches)
             if cfg.data.augment:
                 batch = augment(batch, torch.Generator().manual_seed(seed))
             batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
@@ -289,6 +279,7 @@ def train(
         if stop_at is not None and done >= stop_at:
             break
     bar.close()
+    del batches  # stops the DataLoader's workers now (a run stopped early leaves batches unread)
     wall = elapsed_before + time.perf_counter() - t0
     summary = {
         "params": params,
@@ -334,14 +325,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, FileNotFoundError) as e:
         parser.error(str(e))
     if args.print_config:
-        import yaml
-
         print(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
         return 0
     command = "python -m training.pretrain " + shlex.join(list(argv) if argv is not None else sys.argv[1:])
     summary = train(cfg, resume=args.resume, overwrite=args.overwrite, stop_at=args.stop_at,
                     progress=not args.no_progress, command=command)
-    if int(os.environ.get("RANK", "0")) == 0:
+    if distributed.env_rank_world()[0] == 0:
         print(json.dumps({k: v for k, v in summary.items() if k != "losses"}, indent=2))
     if dist.is_initialized():
         dist.destroy_process_group()
