@@ -214,3 +214,27 @@ def test_cross_modal_search_with_shipped_checkpoint(tmp_path):
         chance = 1.0 / both.sum()
         # Measured 0.56 (s2rgb->s1amp) and 0.55 (s1amp->coh) on this 64-chip store; chance is ~0.017.
         assert top1 >= 0.3 and top1 > 15 * chance, (query, target, top1)
+
+
+def test_embeddings_are_stale_when_any_checkpoint_file_changes(setup, tmp_path):
+    """Not only the weights: an edited config or meta (or an added file) makes built embeddings stale."""
+    import shutil
+
+    ws, ckpt = setup
+    ws5 = Workspace(tmp_path / "ws5")
+    ws5.store_path("conus").parent.mkdir(parents=True)
+    os.symlink(ws.store_path("conus"), ws5.store_path("conus"))
+    mine = tmp_path / "models" / "ckpt-test"
+    shutil.copytree(ckpt, mine)
+    embed_aoi(ws5, "conus", mine, progress=False, num_threads=1)
+    assert embeddings_state(ws5, "conus", mine)[0] == "built"
+    meta = json.loads((mine / "meta.json").read_text())
+    (mine / "meta.json").write_text(json.dumps({**meta, "note": "retrained elsewhere"}))
+    state, detail = embeddings_state(ws5, "conus", mine)
+    assert state == "stale" and "checkpoint" in detail
+    embed_aoi(ws5, "conus", mine, progress=False, num_threads=1)
+    assert embeddings_state(ws5, "conus", mine)[0] == "built"
+    (mine / "config.yaml").write_text((mine / "config.yaml").read_text().replace("heads: 2", "heads: 4"))
+    assert embeddings_state(ws5, "conus", mine)[0] == "stale"
+    with pytest.raises(Exception, match="heads: saved 2, config.yaml 4"):
+        embed_aoi(ws5, "conus", mine, progress=False, num_threads=1)

@@ -258,3 +258,51 @@ def test_patch_bias_is_not_decayed():
     decayed = {id(p) for p in param_groups(model, 0.05)[0]["params"]}
     names = [n for n, p in model.named_parameters() if id(p) in decayed]
     assert names and not any(n.endswith("bias") for n in names)
+
+
+def test_loader_batches_are_the_step_seeded_batches(data_cache):
+    """The DataLoader (2 workers, prefetch) yields exactly batch_indices' chips, in order, in RAM or from Zarr."""
+    from training.data import StepBatchSampler, TrainingChips, batch_indices, simulated_stores, training_loader
+
+    cfg = small_train_config(data_cache / "unused", data_cache)
+    stores = simulated_stores(cfg.data, 16, cfg.model.channels, cfg.data.seeds, cfg.data.chips_per_aoi, progress=False)
+    in_ram = TrainingChips(stores, cfg.model.channels, in_memory=True)
+    streamed = TrainingChips(stores, cfg.model.channels, in_memory=False)
+    n = len(in_ram)
+    assert n == len(streamed) == sum(len(s) for s in stores) and len(in_ram.datasets) == 2
+    sampler = StepBatchSampler(n, 16, 5, rank=1, world=2, start=4, stop=9)
+    got = list(training_loader(in_ram, sampler, workers=2, prefetch=2))
+    assert len(got) == len(sampler) == 5
+    for micro, batch in zip(range(4, 9), got):
+        idx = batch_indices(n, 16, micro, 5, rank=1, world=2)
+        want = streamed.get_batch(idx)
+        assert set(batch) == set(want) == {k for m in cfg.model.channels for k in (m, f"{m}_mask")}
+        for k in want:
+            # RAM holds float16: equal to the Zarr read up to half precision.
+            assert torch.allclose(batch[k].float(), want[k].float(), atol=2e-2, rtol=1e-3), k
+    with pytest.raises(ValueError, match=f"larger than the {n} training chips"):
+        StepBatchSampler(n, 128, 0, 0, 1, 0, 1)
+
+
+def test_worker_count_does_not_change_the_run(tmp_path, data_cache):
+    kw = dict(steps=4, grad_accum=2)
+    a = train(small_train_config(tmp_path / "a", data_cache, data={"workers": 0}, **kw), progress=False)["losses"]
+    b = train(small_train_config(tmp_path / "b", data_cache, data={"workers": 2, "prefetch": 3}, **kw), progress=False)["losses"]
+    assert a == b
+
+
+def test_distributed_setup_in_a_plain_process(monkeypatch):
+    from core import distributed
+
+    for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        monkeypatch.delenv(var, raising=False)
+    with distributed.distributed("cpu") as ctx:
+        assert (ctx.rank, ctx.world, ctx.device.type, ctx.created, ctx.main) == (0, 1, "cpu", False, True)
+        distributed.barrier(ctx)  # a no-op without a process group
+    assert not torch.distributed.is_initialized()
+    with pytest.raises(ValueError, match="unknown device"):
+        distributed.resolve_device("tpu")
+    if not torch.cuda.is_available():
+        assert distributed.resolve_device("auto").type == "cpu"
+        with pytest.raises(RuntimeError, match="no CUDA GPU"):
+            distributed.resolve_device("cuda")
