@@ -9,6 +9,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor
+from torch.distributed.nn.functional import all_gather
 
 
 def _gather(x: Tensor, with_grad: bool) -> Tensor:
@@ -16,8 +17,6 @@ def _gather(x: Tensor, with_grad: bool) -> Tensor:
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return x
     if with_grad:
-        from torch.distributed.nn.functional import all_gather
-
         return torch.cat(all_gather(x), dim=0)
     parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
     dist.all_gather(parts, x)

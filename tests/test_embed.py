@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -12,9 +13,10 @@ import numpy as np
 import pytest
 import torch
 
-from core.checkpoint import save_checkpoint
+from core.checkpoint import SHIPPED_CHECKPOINT, save_checkpoint
 from core.embed import embed_aoi, embed_positions, embed_store, load_model
 from core.embeddings import EmbeddingError, embeddings_state, load_embeddings
+from core.index import ChipIndex
 from core.model import ModelConfig, MultiModalViT, fuse
 from data.simulate import simulate_store
 from data.workspace import Workspace, parse_scenario
@@ -201,8 +203,6 @@ def test_torchrun_two_ranks_equal_single_process(setup, tmp_path):
 
 def test_cross_modal_search_with_shipped_checkpoint(tmp_path):
     """With the shipped weights, an s2rgb query finds the same chip's s1amp vector first far above chance."""
-    from core.checkpoint import SHIPPED_CHECKPOINT
-    from core.index import ChipIndex
 
     store = simulate_store(tmp_path / "xm", "conus", 8, 8, 0, chip_size=64, progress=False)
     emb = embed_store(store, load_model(SHIPPED_CHECKPOINT), progress=False, num_threads=1)
@@ -218,8 +218,6 @@ def test_cross_modal_search_with_shipped_checkpoint(tmp_path):
 
 def test_embeddings_are_stale_when_any_checkpoint_file_changes(setup, tmp_path):
     """Not only the weights: an edited config or meta (or an added file) makes built embeddings stale."""
-    import shutil
-
     ws, ckpt = setup
     ws5 = Workspace(tmp_path / "ws5")
     ws5.store_path("conus").parent.mkdir(parents=True)

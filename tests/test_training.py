@@ -10,15 +10,17 @@ import numpy as np
 import pytest
 import torch
 import torch.multiprocessing as mp
+from torch.nn.parallel import DistributedDataParallel as DDP
 
+from core import distributed
 from core.checkpoint import SHIPPED_CHECKPOINT, CheckpointError, load_checkpoint, read_model_card
 from core.loss import clip_loss
 from core.model import ModelConfig, MultiModalViT, count_parameters
 from data.dataset import ChipDataset
 from data.simulate import simulate_store
 from training.config import TrainConfig, apply_overrides, load_config
-from training.data import augment
-from training.pretrain import get_lr, main, train
+from training.data import StepBatchSampler, TrainingChips, augment, batch_indices, simulated_stores, training_loader
+from training.pretrain import _read_log, get_lr, main, param_groups, train
 
 torch.set_num_threads(1)
 
@@ -155,8 +157,6 @@ def _ddp_worker(rank: int, world: int, port: int, out_dir: str, cache: str) -> N
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
     torch.distributed.init_process_group("gloo", rank=rank, world_size=world)
-    from torch.nn.parallel import DistributedDataParallel as DDP
-
     cfg = ModelConfig(**SMALL_MODEL, modality_dropout=0.0, channel_dropout=0.0)
     torch.manual_seed(0)
     model = MultiModalViT(cfg)
@@ -180,8 +180,6 @@ def _ddp_worker(rank: int, world: int, port: int, out_dir: str, cache: str) -> N
 def test_two_process_ddp_matches_single_process(tmp_path, data_cache):
     small_train_config(tmp_path, data_cache)  # validates; the workers build the same config
     # Build the simulated stores once here so the two ranks do not race to write them.
-    from training.data import simulated_stores
-
     cfg = small_train_config(tmp_path / "x", data_cache)
     simulated_stores(cfg.data, 16, cfg.model.channels, cfg.data.seeds, cfg.data.chips_per_aoi, progress=False)
     simulated_stores(cfg.data, 16, cfg.model.channels, [cfg.data.heldout_seed], 16, progress=False)
@@ -244,16 +242,12 @@ def test_yaml_numbers_without_a_dot_and_bad_values(tmp_path):
 
 
 def test_a_half_written_log_line_does_not_stop_a_resume(tmp_path):
-    from training.pretrain import _read_log
-
     log = tmp_path / "training_log.jsonl"
     log.write_text('{"step": 10, "loss": 1.0}\n{"step": 20, "loss": 0.9}\n{"step": 30, "lo')
     assert _read_log(log, 20) == ['{"step": 10, "loss": 1.0}', '{"step": 20, "loss": 0.9}']
 
 
 def test_patch_bias_is_not_decayed():
-    from training.pretrain import param_groups
-
     model = MultiModalViT(load_config("tiny").model)
     decayed = {id(p) for p in param_groups(model, 0.05)[0]["params"]}
     names = [n for n, p in model.named_parameters() if id(p) in decayed]
@@ -262,8 +256,6 @@ def test_patch_bias_is_not_decayed():
 
 def test_loader_batches_are_the_step_seeded_batches(data_cache):
     """The DataLoader (2 workers, prefetch) yields exactly batch_indices' chips, in order, in RAM or from Zarr."""
-    from training.data import StepBatchSampler, TrainingChips, batch_indices, simulated_stores, training_loader
-
     cfg = small_train_config(data_cache / "unused", data_cache)
     stores = simulated_stores(cfg.data, 16, cfg.model.channels, cfg.data.seeds, cfg.data.chips_per_aoi, progress=False)
     in_ram = TrainingChips(stores, cfg.model.channels, in_memory=True)
@@ -292,8 +284,6 @@ def test_worker_count_does_not_change_the_run(tmp_path, data_cache):
 
 
 def test_distributed_setup_in_a_plain_process(monkeypatch):
-    from core import distributed
-
     for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
         monkeypatch.delenv(var, raising=False)
     with distributed.distributed("cpu") as ctx:
