@@ -260,7 +260,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-pipeline", action="store_true", help="skip the data-pipeline comparison")
     p.add_argument("--only-pipeline", action="store_true", help="only the data-pipeline comparison")
     p.add_argument("--pipeline-chips", type=int, default=512, help="simulated chips per AOI (2 AOIs) for the pipeline")
-    p.add_argument("--pipeline-steps", type=int, default=6, help="timed training steps per variant and round")
+    p.add_argument("--pipeline-steps", type=int, default=4, help="timed training steps per variant and round")
     p.add_argument("--pipeline-rounds", type=int, default=2, help="interleaved rounds of the three readers")
     p.add_argument("--cache-dir", default="runs/data", help="where the pipeline's simulated stores are cached")
     args = p.parse_args(argv)
