@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 import rasterio
 
-from core.embed import SCENARIO_FULL, embed_aoi, load_embeddings
+from core.embed import embed_aoi
+from core.embeddings import load_embeddings
+from data.workspace import SCENARIO_FULL
 from core.index import ChipIndex
 from data.geotiff import IngestError
 from data.ingest import main
