@@ -10,13 +10,12 @@ import rasterio
 
 from core.embed import embed_aoi
 from core.embeddings import load_embeddings
-from data.workspace import SCENARIO_FULL
 from core.index import ChipIndex
 from data.geotiff import IngestError
 from data.ingest import main
 from data.readers.coherence import find_pairs, ingest_coherence, select_channels
 from data.store import ChipStore
-from data.workspace import Workspace
+from data.workspace import SCENARIO_FULL, Workspace
 from tests.conftest import REPO, SHARED_DATA
 from ui.render import chip_to_rgb
 
