@@ -11,13 +11,17 @@ of `PIXEL_SIZE_M` metres. A block is a contiguous range of chip rows and columns
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
-import math
 import zlib
 from dataclasses import dataclass
 from functools import lru_cache
+from pathlib import Path
 
 import numpy as np
+import yaml
+from pyproj.aoi import AreaOfInterest
+from pyproj.database import query_utm_crs_info
 
 PIXEL_SIZE_M = 70.0
 """Declared pixel size: 64 px chips are 4.48 km square, like the paper's M3LEO chips."""
@@ -108,156 +112,51 @@ class AOIProfile:
         return SEASONS.index(season or self.season)
 
 
-# The five paper regions (M3LEO AOIs), each a plausible landscape at real coordinates.
-AOI_PROFILES: dict[str, AOIProfile] = {
-    p.name: p
-    for p in (
-        AOIProfile(
-            name="conus",
-            title="CONUS cropland belt (simulated)",
-            region="CONUS",
-            lat=42.0,
-            lon=-93.5,
-            description="Iowa-like corn and soybean belt: surveyed square parcels, small towns, rivers with "
-            "riparian woods (simulated)",
-            forest=0.25,
-            natural_bare=0.03,
-            agri=0.8,
-            crop_share=0.92,
-            fallow_share=0.2,
-            parcel_m=(800.0, 800.0),
-            towns=0.025,
-            city=0.015,
-            lakes=0.008,
-            rivers=0.012,
-            riparian=0.05,
-            cloud_cover=0.08,
-            soil_rgb=(0.11, 0.09, 0.065),
-        ),
-        AOIProfile(
-            name="south_america",
-            title="Amazon forest and rivers (simulated)",
-            region="South America",
-            lat=-3.0,
-            lon=-60.0,
-            description="Amazon rainforest around Manaus-like rivers: wide meandering white-water river, "
-            "tributaries, floodplain lakes, clearings with pasture and some crops (simulated)",
-            forest=0.95,
-            natural_bare=0.01,
-            agri=0.12,
-            crop_share=0.25,
-            fallow_share=0.15,
-            parcel_m=(600.0, 400.0),
-            parcel_warp_m=250.0,
-            towns=0.004,
-            lakes=0.02,
-            lake_scale_m=2500.0,
-            rivers=0.02,
-            river_scale_m=12000.0,
-            main_river=0.05,
-            main_river_scale_m=60000.0,
-            green_by_season=(0.7, 0.8, 0.7, 0.6),
-            vigour_by_season=(1.0, 1.0, 0.9, 0.85),
-            deciduous=0.05,
-            season="fall",
-            soil_rgb=(0.14, 0.10, 0.07),
-            water_rgb=(0.065, 0.075, 0.055),
-            cloud_cover=0.25,
-            haze=0.05,
-        ),
-        AOIProfile(
-            name="china",
-            title="North China Plain cropland and cities (simulated)",
-            region="China",
-            lat=36.0,
-            lon=115.0,
-            description="Dense small-parcel winter-wheat/maize cropland, many villages and large cities, "
-            "ponds and canals (simulated)",
-            forest=0.15,
-            natural_bare=0.15,
-            agri=0.75,
-            crop_share=0.9,
-            fallow_share=0.4,
-            parcel_m=(420.0, 280.0),
-            parcel_warp_m=120.0,
-            towns=0.1,
-            town_scale_m=1800.0,
-            city=0.08,
-            city_scale_m=30000.0,
-            central_city_m=6000.0,
-            road_block_m=280.0,
-            lakes=0.015,
-            lake_scale_m=2000.0,
-            rivers=0.01,
-            canal_spacing_m=6000.0,
-            green_by_season=(0.35, 0.8, 0.85, 0.35),
-            soil_rgb=(0.17, 0.14, 0.11),
-            cloud_cover=0.1,
-            haze=0.07,
-        ),
-        AOIProfile(
-            name="pakistan_india",
-            title="Indo-Gangetic irrigated plain (simulated)",
-            region="Pakistan-India",
-            lat=30.0,
-            lon=75.0,
-            description="Punjab-like canal-irrigated plain: rice/wheat parcels, dense canal network, towns, "
-            "a braided river (simulated)",
-            forest=0.05,
-            natural_bare=0.35,
-            agri=0.8,
-            crop_share=0.88,
-            fallow_share=0.5,
-            parcel_m=(500.0, 350.0),
-            parcel_warp_m=60.0,
-            towns=0.05,
-            town_scale_m=2500.0,
-            city=0.02,
-            lakes=0.005,
-            rivers=0.01,
-            river_scale_m=30000.0,
-            canal_spacing_m=3500.0,
-            green_by_season=(0.75, 0.3, 0.5, 0.85),
-            vigour_by_season=(0.6, 0.4, 0.8, 0.7),
-            season="fall",
-            soil_rgb=(0.2, 0.17, 0.13),
-            cloud_cover=0.06,
-            haze=0.08,
-        ),
-        AOIProfile(
-            name="middle_east",
-            title="Arid Middle East with oases and pivots (simulated)",
-            region="Middle East",
-            lat=25.0,
-            lon=45.0,
-            description="Central Arabian desert: bright bare sand and rock, centre-pivot irrigation, date-palm "
-            "oases and a city (simulated)",
-            forest=0.01,
-            natural_bare=0.93,
-            agri=0.05,
-            crop_share=0.6,
-            fallow_share=0.6,
-            parcel_m=(300.0, 300.0),
-            pivot_zone=0.06,
-            towns=0.012,
-            city=0.02,
-            central_city_m=18000.0,
-            city_scale_m=60000.0,
-            road_block_m=420.0,
-            lakes=0.001,
-            lake_scale_m=1500.0,
-            rivers=0.0,
-            green_by_season=(0.8, 0.6, 0.4, 0.6),
-            vigour_by_season=(0.3, 0.35, 0.1, 0.15),
-            deciduous=0.0,
-            season="spring",
-            soil_rgb=(0.36, 0.28, 0.2),
-            bare_sar_db=(-17.0, -26.0),
-            cloud_cover=0.02,
-            haze=0.06,
-        ),
-    )
-}
+PROFILES_PATH = Path(__file__).with_name("aoi_profiles.yaml")
+"""The five paper regions (M3LEO AOIs), each a plausible landscape at real coordinates."""
+
+
+def load_profiles(path: str | Path = PROFILES_PATH) -> dict[str, AOIProfile]:
+    """Read simulated AOI profiles from YAML (`profiles:` list of AOIProfile fields), validated, by name."""
+    path = Path(path)
+    try:
+        doc = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as e:
+        raise ValueError(f"cannot read AOI profiles {path}: {e}") from None
+    items = doc.get("profiles") if isinstance(doc, dict) else None
+    if not isinstance(items, list) or not all(isinstance(it, dict) for it in items):
+        raise ValueError(f"{path}: expected a top-level 'profiles:' list of mappings")
+    fields = {f.name: f for f in dataclasses.fields(AOIProfile)}
+    out: dict[str, AOIProfile] = {}
+    for item in items:
+        name = item.get("name", "?")
+        unknown = sorted(set(item) - set(fields))
+        if unknown:
+            raise ValueError(f"{path}: profile {name!r} has unknown keys {unknown}; known: {list(fields)}")
+        # YAML has lists and may write 1 for 1.0: cast to the dataclass's types so profiles hash and compare
+        # like hand-written ones (AOIProfile is an lru_cache key)
+        kw = {k: _as_field_type(fields[k], v) for k, v in item.items()}
+        try:
+            profile = AOIProfile(**kw)
+            profile.validate()
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"{path}: profile {name!r}: {e}") from None
+        if profile.name in out:
+            raise ValueError(f"{path}: profile {profile.name!r} is defined twice")
+        out[profile.name] = profile
+    return out
+
+
+def _as_field_type(f: dataclasses.Field, value):
+    kind = str(f.type)
+    if kind.startswith("tuple"):
+        return tuple(float(v) for v in value)
+    if kind == "float" and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    return value
+
+
+AOI_PROFILES: dict[str, AOIProfile] = load_profiles()
 DEFAULT_AOIS: tuple[str, ...] = tuple(AOI_PROFILES)
 
 
@@ -685,7 +584,20 @@ def swath_position(x_px: np.ndarray, orbit: str | None = None) -> np.ndarray:
     return 1.0 - pos if orbit == "des" else pos
 
 
+@lru_cache(maxsize=1)
+def _utm_zones() -> tuple[tuple[int, float, float, float, float], ...]:
+    """(EPSG code, west, south, east, north) of every WGS 84 UTM zone, from the PROJ database (queried once:
+    a query takes ~0.5 s)."""
+    return tuple((int(c.code), c.area_of_use.west, c.area_of_use.south, c.area_of_use.east, c.area_of_use.north)
+                 for c in query_utm_crs_info(datum_name="WGS 84") if c.auth_name == "EPSG" and c.area_of_use)
+
+
 def utm_epsg(lat: float, lon: float) -> int:
-    """EPSG code of the UTM zone holding a point (326xx north, 327xx south)."""
-    zone = int(math.floor((lon + 180.0) / 6.0)) % 60 + 1
-    return (32600 if lat >= 0 else 32700) + zone
+    """EPSG code of the WGS 84 UTM zone holding a point (326xx north, 327xx south), per the zones' areas of use."""
+    lon = -180.0 if lon == 180.0 else float(lon)  # the antimeridian belongs to zone 1, as in the usual rule
+    hemisphere = 326 if lat >= 0 else 327          # the equator lies in both areas of use: take the north
+    codes = [code for code, w, s, e, n in _utm_zones()
+             if code // 100 == hemisphere and w <= lon <= e and s <= lat <= n]
+    if not codes:
+        raise ValueError(f"no UTM zone holds ({lat}, {lon}): UTM covers latitudes -80..84")
+    return max(codes)  # a point on a zone edge lies in two zones: take the eastern one, as floor((lon+180)/6)+1 does

@@ -23,11 +23,14 @@ from data.landcover import (
     FOREST,
     GRASSLAND,
     PIXEL_SIZE_M,
+    PROFILES_PATH,
     WATER,
     landcover_block,
     landcover_chips,
     landcover_map,
+    load_profiles,
     make_grid,
+    utm_epsg,
 )
 from data.sensors import SPECKLE_ENL, parse_channel
 from data.simulate import (
@@ -59,6 +62,39 @@ def test_profiles_are_simulated_at_real_places():
         p.validate()
         assert "(simulated)" in p.title and abs(p.lat - lat) < 1 and abs(p.lon - lon) < 1
 
+
+
+def test_profiles_load_from_yaml_with_the_dataclass_types():
+    again = load_profiles(PROFILES_PATH)
+    assert again == AOI_PROFILES and list(again) == list(AOI_PROFILES)
+    for p in again.values():
+        assert isinstance(p.parcel_m, tuple) and isinstance(p.green_by_season, tuple)
+        assert all(isinstance(v, float) for v in (p.lat, p.lon, p.forest, *p.soil_rgb))
+        hash(p)  # profiles key lru_caches
+
+
+@pytest.mark.parametrize("text, match", [
+    ("profiles:\n- name: x\n  title: X (simulated)\n  region: R\n  lat: 1\n  lon: 2\n  description: d\n  forrest: 0.2\n",
+     "unknown keys \\['forrest'\\]"),
+    ("profiles:\n- name: x\n  title: X (simulated)\n  region: R\n  lat: 1\n  lon: 2\n  description: d\n  towns: 3\n",
+     "towns=3.0 must be a share"),
+    ("profiles: {}\n", "'profiles:' list"),
+    ("profiles: [\n", "cannot read AOI profiles"),
+])
+def test_bad_profiles_yaml_says_what_is_wrong(tmp_path, text, match):
+    path = tmp_path / "p.yaml"
+    path.write_text(text)
+    with pytest.raises(ValueError, match=match):
+        load_profiles(path)
+
+
+def test_utm_zone_from_the_proj_database_matches_the_zone_rule():
+    for lat in (-80.0, -3.0, 0.0, 42.0, 84.0):
+        for lon in (-180.0, -93.5, -90.0, 0.0, 5.99, 6.0, 115.0, 179.9, 180.0):
+            zone = int((lon + 180.0) // 6.0) % 60 + 1
+            assert utm_epsg(lat, lon) == (32600 if lat >= 0 else 32700) + zone, (lat, lon)
+    with pytest.raises(ValueError, match="latitudes -80..84"):
+        utm_epsg(85.0, 10.0)
 
 def test_deterministic_per_seed():
     a1, r1 = simulate_block("china", seed=3, **SMALL)
