@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from sklearn.base import clone
+from sklearn.linear_model import RidgeCV
+from sklearn.preprocessing import StandardScaler
 
-from core.probes import (ESTIMATORS, RIDGE_ALPHAS, ProbeError, fit_probe, learning_curve,
-                         split_pool_test)
+from core.probes import (ESTIMATORS, PROBES, RIDGE_ALPHAS, ProbeError, RidgeLOO, blocked_split, fit_probe, fit_scaler,
+                         learning_curve, probe_pipeline, probe_split, ridge_loo, split_pool_test, standardise)
 
 
 def synthetic(n: int = 1500, d: int = 32, noise: float = 0.05, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -190,8 +193,6 @@ def grid(n_rows: int = 45, n_cols: int = 45, r0: int = 171, c0: int = 171):
 
 
 def test_blocked_split_is_spatially_disjoint_and_reproducible():
-    from core.probes import blocked_split
-
     rows, cols = grid()
     valid = np.ones(len(rows), bool)
     valid[::13] = False
@@ -221,8 +222,6 @@ def test_blocked_split_is_spatially_disjoint_and_reproducible():
 
 
 def test_blocked_split_buffer_keeps_pool_away_from_test():
-    from core.probes import blocked_split
-
     rows, cols = grid()
     pool, test = blocked_split(rows, cols, block=8, seed=2, buffer=1)
     d = np.maximum(np.abs(rows[pool, None] - rows[None, test]), np.abs(cols[pool, None] - cols[None, test]))
@@ -232,8 +231,6 @@ def test_blocked_split_buffer_keeps_pool_away_from_test():
 
 
 def test_blocked_split_errors():
-    from core.probes import blocked_split
-
     rows, cols = grid(6, 6)
     with pytest.raises(ProbeError, match="single 8 x 8 square"):
         blocked_split(np.zeros(10, int), np.zeros(10, int), block=8)
@@ -246,10 +243,6 @@ def test_blocked_split_errors():
 
 
 def test_ridge_loo_matches_sklearn_ridgecv():
-    from sklearn.linear_model import RidgeCV
-
-    from core.probes import ridge_loo
-
     rng = np.random.default_rng(0)
     for n, d in ((8, 40), (60, 20), (400, 64)):
         X = rng.normal(size=(n, d))
@@ -263,11 +256,41 @@ def test_ridge_loo_matches_sklearn_ridgecv():
 
 
 def test_probe_split_shrinks_the_block_on_small_scenes():
-    from core.probes import probe_split
-
     rows, cols = np.divmod(np.arange(45 * 45), 45)
     pool, test, block = probe_split(rows, cols, seed=0)
     assert block == 8 and len(np.intersect1d(pool, test)) == 0 and 0.2 < len(test) / 2025 < 0.4
     rows, cols = np.divmod(np.arange(64), 8)   # a real 8 x 8-chip scene (Sen1Floods11)
     pool, test, block = probe_split(rows, cols, seed=0)
     assert block == 2 and len(pool) and len(test) and len(np.intersect1d(pool, test)) == 0
+
+
+def test_probes_are_scikit_learn_pipelines_with_a_frozen_scaler():
+    X, y = synthetic(300, 8)
+    X = X * np.arange(1, 9) + 5.0                        # unscaled columns: the scaler matters
+    scaler = fit_scaler(X, np.arange(300))
+    assert set(PROBES) == set(ESTIMATORS) == {"ridge", "random_forest", "knn", "logistic"}
+    pipe = probe_pipeline("ridge", scaler, n_train=50).fit(X[:50], y[:50])
+    # fitting a draw fits the estimator only: the scaler keeps the statistics of all 300 chips
+    np.testing.assert_allclose(pipe[0].mean_, X.mean(axis=0))
+    ref = RidgeCV(alphas=RIDGE_ALPHAS).fit(standardise(X)[:50], y[:50])
+    assert pipe[-1].alpha_ == ref.alpha_
+    np.testing.assert_allclose(pipe.predict(X[200:]), ref.predict(standardise(X)[200:]), atol=1e-8)
+    assert probe_pipeline("knn", scaler, n_train=5)[0] == "passthrough"   # trees/neighbours on raw features
+    assert probe_pipeline("ridge", None, n_train=5)[0] == "passthrough"   # features already standardised
+    est = clone(RidgeLOO())                                               # a well-behaved sklearn estimator
+    np.testing.assert_array_equal(est.get_params()["alphas"], RIDGE_ALPHAS)
+    with pytest.raises(ProbeError, match="unknown estimator"):
+        probe_pipeline("svm", scaler, n_train=5)
+
+
+def test_standardise_matches_a_standard_scaler_on_valid_rows():
+    rng = np.random.default_rng(3)
+    X = rng.normal(2.0, 3.0, size=(50, 4)).astype(np.float32)
+    X[:, 2] = 1.5                                                         # constant column: scale 1
+    X[7] = np.nan
+    valid = np.ones(50, bool)
+    valid[9] = False
+    Z = standardise(X, valid)
+    ok = np.isfinite(X).all(1) & valid
+    np.testing.assert_allclose(Z[ok], StandardScaler().fit_transform(X[ok].astype(np.float64)), atol=1e-12)
+    assert (Z[~ok] == 0).all() and (Z[ok, 2] == 0).all() and Z.dtype == np.float64
