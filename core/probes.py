@@ -292,8 +292,8 @@ def ridge_loo(X: np.ndarray, y: np.ndarray, alphas: np.ndarray = RIDGE_ALPHAS) -
 
 
 class RidgeLOO(RegressorMixin, BaseEstimator):
-    """`ridge_loo` as a scikit-learn regressor: RidgeCV's estimator and alpha, ~10x faster over the grid
-    (one SVD per fit instead of one eigendecomposition per alpha)."""
+    """`ridge_loo` as a scikit-learn regressor: RidgeCV's estimator and alpha, 3-5x faster than RidgeCV
+    (measured at D=128, n=25..1428, one thread), which matters for thousands of draws per evaluation."""
 
     def __init__(self, alphas: np.ndarray = RIDGE_ALPHAS) -> None:
         self.alphas = alphas
