@@ -19,7 +19,7 @@ Protocol (see docs/EVALUATION.md and docs/CONTRACTS.md):
   (fraction > 0.05); headline numbers use observable pairs only, and the summary lists what is dropped.
 
 Writes `<workspace>/evaluations/<run-name>/`: `results.csv`, `summary.md` (headline tables written by the
-code), `curves/<aoi>_<task>.png`, `dropout.csv` / `dropout.md` (score at a fixed budget when a modality or
+code, `core.report`), `curves/<aoi>_<task>.png` (`core.plots`), `dropout.csv` / `dropout.md` (score at a fixed budget when a modality or
 a channel is missing at inference) and `run.json` (settings, pool sizes, timings).
 """
 
@@ -27,8 +27,8 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import io
 import json
-import math
 import sys
 import time
 from dataclasses import dataclass
@@ -51,33 +51,34 @@ from core.embeddings import (
     model_name_of,
 )
 from core.features import BASELINES, baseline_features
-from data.modalities import LABEL_TASKS
+from core.plots import plot_curves
 from core.probes import ESTIMATORS, ProbeError, blocked_split, budget_label, fit_probe, standardise
 from core.progress import ProgressCallback
+from core.protocol import (
+    DEFAULT_BLOCK,
+    DEFAULT_BUDGETS,
+    DEFAULT_BUFFER,
+    DEFAULT_REPEATS,
+    DEFAULT_REPRESENTATIONS,
+    DEFAULT_SPLIT_SEEDS,
+    DROPOUT_BUDGET,
+    HANDCRAFTED,
+    OBSERVABLE_MIN_CHIPS,
+    OBSERVABLE_STD,
+    PRESENCE_THRESHOLD,
+    PRETRAINED,
+    QUICK_BUDGETS,
+    RANDOM_INIT,
+    REPRESENTATIONS,
+    TEST_FRACTION,
+)
+from core.report import docs_page, dropout_markdown, summary_markdown
 from data.atomic import atomic_write_bytes, atomic_write_json, atomic_write_text
+from data.modalities import LABEL_TASKS
 from data.store import ChipStore
 from data.workspace import Workspace, parse_scenario
 
-DEFAULT_BUDGETS: tuple[int | None, ...] = (5, 10, 25, 50, 100, 250, 500, 1000, None)
-QUICK_BUDGETS: tuple[int | None, ...] = (10, 100, None)
-REPRESENTATIONS: tuple[str, ...] = ("s2rgb", "s1amp", "coh", "fused")
-HANDCRAFTED = "handcrafted"          # the `model` of the cheap baselines (stats, hist, texture, combined)
-PRETRAINED, RANDOM_INIT = "pretrained", "random-init"
-DEFAULT_REPRESENTATIONS: tuple[str, ...] = (*REPRESENTATIONS, RANDOM_INIT, *BASELINES)
-OBSERVABLE_STD = 0.02
-OBSERVABLE_MIN_CHIPS = 20
-PRESENCE_THRESHOLD = 0.05
-DROPOUT_BUDGET = 250
-TEST_FRACTION = 0.3
-DEFAULT_BLOCK = 8
-DEFAULT_BUFFER = 0
-DEFAULT_SPLIT_SEEDS = 3
-DEFAULT_REPEATS = 10
-HEADLINE_BUDGETS: tuple[str, ...] = ("25", "100")
-RATIO_BUDGET = "250"
-RATIO_TARGET = 0.95
 FEATURES_VERSION = 2
-METRICS = ("r2", "pearson_r", "mae")
 
 
 class EvaluationError(Exception):
@@ -231,8 +232,6 @@ def cached_baselines(ws: Workspace, store: ChipStore, kinds: Sequence[str], *,
         except (OSError, ValueError):
             pass  # an unreadable cache file is recomputed below and rewritten atomically
     feats = baseline_features(store, BASELINES, progress=progress)
-    import io
-
     buf = io.BytesIO()
     np.savez(buf, **feats)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -390,255 +389,6 @@ def dropout_table(ws: Workspace, aoi: str, *, checkpoint: Path, budget: int, rep
     return df
 
 
-# ----------------------------------------------------------------------------------------- reports
-def _fmt(x: float, pct: bool = False) -> str:
-    if x is None or not np.isfinite(x):
-        return "-"
-    return f"{100 * x:.1f}%" if pct else f"{x:.3f}"
-
-
-def _series_order(r: pd.DataFrame) -> list[str]:
-    """Pretrained series first (fused first), then random-init, then the hand-crafted baselines."""
-    rank = {PRETRAINED: 0, RANDOM_INIT: 1, HANDCRAFTED: 2}
-    first = r.drop_duplicates("series")
-    rep_rank = {k: i for i, k in enumerate(("fused", *REPRESENTATIONS, *BASELINES))}
-    keyed = sorted(first.itertuples(), key=lambda t: (rank.get(t.model, 3), str(t.checkpoint),
-                                                       rep_rank.get(t.representation, 99)))
-    return [t.series for t in keyed]
-
-
-def _budget_order(budgets) -> list[str]:
-    return sorted({str(b) for b in budgets}, key=lambda b: (b == "all", int(b) if b != "all" else 0))
-
-
-def headline_numbers(results: pd.DataFrame) -> dict:
-    """The numbers behind the summary tables (observable pairs only), also written to run.json."""
-    r = results[results.observable.astype(bool)].copy()
-    r["budget"] = r["budget"].astype(str)
-    pairs = list(dict.fromkeys(zip(r.aoi, r.task)))
-    mean_by_budget = {s: {b: float(g.r2_mean.mean()) for b, g in r[r.series == s].groupby("budget")}
-                      for s in _series_order(r)} if len(r) else {}
-    fused = [s for s in _series_order(r) if r[r.series == s].model.iloc[0] == PRETRAINED
-             and r[r.series == s].representation.iloc[0] == "fused"] if len(r) else []
-    baselines = [s for s in _series_order(r) if r[r.series == s].model.iloc[0] != PRETRAINED] if len(r) else []
-    idx = r.set_index(["series", "aoi", "task", "budget"])
-    comp: dict[str, dict] = {}
-    for fs in fused:
-        per_pair = []
-        for aoi, task in pairs:
-            item = {"aoi": aoi, "task": task}
-            for b in HEADLINE_BUDGETS:
-                def get(s, col="r2_mean"):
-                    key = (s, aoi, task, b)
-                    return float(idx.loc[key, col]) if key in idx.index else np.nan
-                f = get(fs)
-                cands = [(get(bs), bs) for bs in baselines if np.isfinite(get(bs))]
-                best, name = max(cands) if cands else (np.nan, "-")
-                item[b] = {"pretrained": f, "pretrained_std": get(fs, "r2_std"), "best_baseline": name,
-                           "best_baseline_r2": best, "best_baseline_std": get(name, "r2_std") if cands else np.nan,
-                           "difference": f - best}
-            key = (fs, aoi, task, RATIO_BUDGET)
-            item["ratio_at_250"] = float(idx.loc[key, "ratio_to_full"]) if key in idx.index else np.nan
-            per_pair.append(item)
-        wins = {b: sum(1 for it in per_pair if np.isfinite(it[b]["difference"]) and it[b]["difference"] > 0)
-                for b in HEADLINE_BUDGETS}
-        counted = {b: sum(1 for it in per_pair if np.isfinite(it[b]["difference"])) for b in HEADLINE_BUDGETS}
-        ratios = [it["ratio_at_250"] for it in per_pair if np.isfinite(it["ratio_at_250"])]
-        comp[fs] = {"pairs": per_pair, "wins": wins, "counted": counted,
-                    "ratio_at_250_mean": float(np.mean(ratios)) if ratios else np.nan,
-                    "below_target": [(it["aoi"], it["task"], it["ratio_at_250"]) for it in per_pair
-                                     if np.isfinite(it["ratio_at_250"]) and it["ratio_at_250"] < RATIO_TARGET]}
-    return {"pairs": pairs, "mean_by_budget": mean_by_budget, "fused": fused, "baselines": baselines,
-            "comparison": comp}
-
-
-def targets_markdown(series: str, comparison: dict, mean_by_budget: dict, baselines: Sequence[str]) -> list[str]:
-    """The issue's targets, checked by the code: wins on >= 2/3 of the pairs and on the mean at 25 and 100
-    labels, and >= 95 % of the full-label score at 250 labels on the mean."""
-    lines = [f"### Targets for {series}", ""]
-    for b in HEADLINE_BUDGETS:
-        wins, counted = comparison["wins"][b], comparison["counted"][b]
-        need = math.ceil(2 * counted / 3)
-        own = mean_by_budget.get(series, {}).get(b, np.nan)
-        base = {bs: mean_by_budget.get(bs, {}).get(b, np.nan) for bs in baselines}
-        best_name, best = max(((v, k) for k, v in base.items() if np.isfinite(v)), default=(np.nan, "-"))[::-1]
-        ok_pairs, ok_mean = wins >= need, bool(np.isfinite(own) and np.isfinite(best) and own > best)
-        lines.append(f"- At {b} labels: above the best baseline on {wins} / {counted} pairs (target {need}): "
-                     f"**{'met' if ok_pairs else 'missed'}**; on the mean {_fmt(own)} vs the best baseline's mean "
-                     f"({best_name}) {_fmt(best)}: **{'met' if ok_mean else 'missed'}**.")
-    ratio = comparison["ratio_at_250_mean"]
-    lines.append(f"- At {RATIO_BUDGET} labels: {_fmt(ratio, True)} of its own full-label R^2 on the mean (target "
-                 f"{int(RATIO_TARGET * 100)} %): **{'met' if np.isfinite(ratio) and ratio >= RATIO_TARGET else 'missed'}**.")
-    return lines + [""]
-
-
-def summary_markdown(results: pd.DataFrame, dropout: pd.DataFrame | None, settings: dict) -> str:
-    """The headline tables: (a) mean R^2 by budget, (b) fused vs best baseline at 25/100, (c) share of the
-    full-label score at 250, (d) the observability filter, (e) test/pool sizes; then the dropout table."""
-    sim = bool(results["simulated"].any()) if not results.empty else False
-    ck = settings.get("checkpoints") or [settings.get("checkpoint")]
-    lines = [f"# Few-shot evaluation{' (SIMULATED AOIs)' if sim else ''}", "",
-             f"Checkpoint(s) {', '.join(f'`{c}`' for c in ck)}; estimator `{settings['estimator']}`; created "
-             f"{settings['created']}.",
-             "",
-             f"Protocol: spatially blocked splits: whole {settings.get('block', DEFAULT_BLOCK)} x "
-             f"{settings.get('block', DEFAULT_BLOCK)}-chip squares of the AOI grid go to the test set "
-             f"({int(100 * settings.get('test_fraction', TEST_FRACTION))} % of the labelled chips)"
-             + (f", pool chips within {settings['buffer']} chip(s) of a test square dropped" if settings.get("buffer")
-                else "") +
-             f"; split seeds {settings.get('split_seeds')}; {settings['repeats']} random draws per budget and split "
-             "seed. The same test chips for every representation of a task (a representation that cannot see a "
-             "chip, e.g. one lacking that modality, is scored on the test chips it sees; see (e)). Scores: R^2 on "
-             "the test chips, mean over split seeds x draws ('all' = the whole pool, one fit per split seed); "
-             "'±' = std over split seeds x draws.", ""]
-    if results.empty:
-        return "\n".join(lines + ["No results (no AOI had enough labelled chips)."]) + "\n"
-    r = results.copy()
-    r["budget"] = r["budget"].astype(str)
-    h = headline_numbers(r)
-    pairs, order = h["pairs"], _series_order(r)
-    budgets = _budget_order(r.budget)
-    obs = r[r.observable.astype(bool)]
-    # (a)
-    lines += [f"## (a) Mean R^2 by label budget over the {len(pairs)} observable AOI x task pairs", "",
-              "| representation | " + " | ".join(budgets) + " |", "|---|" + "---|" * len(budgets)]
-    for s in order:
-        cells = []
-        for b in budgets:
-            g = obs[(obs.series == s) & (obs.budget == b)]
-            v = _fmt(g.r2_mean.mean()) if len(g) else "-"
-            cells.append(v + (f" ({len(g)})" if 0 < len(g) < len(pairs) else ""))
-        lines.append(f"| {s} | " + " | ".join(cells) + " |")
-    lines += ["", "A number in brackets: pairs whose pool holds that budget (the mean is over those only).", ""]
-    # (b), (c)
-    for fs, c in h["comparison"].items():
-        lines += [f"## (b) {fs} vs the best baseline at {' and '.join(HEADLINE_BUDGETS)} labels", "",
-                  "Best baseline = the highest mean R^2 among " + ", ".join(h["baselines"]) +
-                  " for that pair and budget (chosen on the test scores, which favours the baselines).", "",
-                  "| AOI | task | " + " | ".join(f"{fs.split()[-1]} @{b} | best baseline @{b} | diff @{b}"
-                                                   for b in HEADLINE_BUDGETS) + " |",
-                  "|---|---|" + "---|---|---|" * len(HEADLINE_BUDGETS)]
-        for it in c["pairs"]:
-            cells = []
-            for b in HEADLINE_BUDGETS:
-                d = it[b]
-                cells += [f"{_fmt(d['pretrained'])} ± {_fmt(d['pretrained_std'])}",
-                          f"{d['best_baseline']} {_fmt(d['best_baseline_r2'])} ± {_fmt(d['best_baseline_std'])}",
-                          "-" if not np.isfinite(d["difference"]) else f"{d['difference']:+.3f}"]
-            lines.append(f"| {it['aoi']} | {it['task']} | " + " | ".join(cells) + " |")
-        lines += ["", "Pairs where " + fs + " beats the best baseline: " + ", ".join(
-            f"**{c['wins'][b]} / {c['counted'][b]}** at {b} labels" for b in HEADLINE_BUDGETS) + ".", ""]
-        lines += targets_markdown(fs, c, h["mean_by_budget"], h["baselines"])
-        lines += [f"## (c) {fs}: share of the full-label score at {RATIO_BUDGET} labels", "",
-                  f"Mean over the observable pairs: **{_fmt(c['ratio_at_250_mean'], True)}** of the full-label R^2. "
-                  f"Pairs below {int(RATIO_TARGET * 100)} %: " + (", ".join(
-                      f"{a}/{t} ({_fmt(v, True)})" for a, t, v in c["below_target"]) or "none") + ".", ""]
-    # (d)
-    all_pairs = list(dict.fromkeys(zip(r.aoi, r.task)))
-    dropped = r.drop_duplicates(["aoi", "task"])
-    dropped = dropped[~dropped.observable.astype(bool)]
-    lines += ["## (d) Observability filter", "",
-              f"A task is scored on an AOI only if its label std > {OBSERVABLE_STD} and at least "
-              f"{OBSERVABLE_MIN_CHIPS} chips hold the class (fraction > {PRESENCE_THRESHOLD}). Kept {len(pairs)} of "
-              f"{len(all_pairs)} AOI x task pairs; dropped: " + (", ".join(
-                  f"{t.aoi}/{t.task} ({t.observability})" for t in dropped.itertuples()) or "none") +
-              ". Dropped pairs are still in results.csv and the curves, marked not observable.", ""]
-    # (e)
-    lines += ["## (e) Pool and test sizes", "",
-              "Per AOI x task: chips in the AOI, the training pool ('all' budget) and test chips of the shared split "
-              "(mean over split seeds); representations that see fewer test chips are listed with their count.", "",
-              "| AOI | task | chips | pool | test chips | fewer test chips |", "|---|---|---|---|---|---|"]
-    n_chips = settings.get("chips_per_aoi", {})
-    for (aoi, task), g in r[r.budget == "all"].groupby(["aoi", "task"], sort=False):
-        split_n = int(g.n_test_split.max())
-        fewer = [f"{t.series} {int(t.n_test)}" for t in g.itertuples() if int(t.n_test) < split_n]
-        lines.append(f"| {aoi} | {task} | {n_chips.get(aoi, '-')} | {int(g.n_pool.max())} | {split_n} | "
-                     f"{', '.join(fewer) or '-'} |")
-    if dropout is not None and not dropout.empty:
-        lines += ["", f"## Missing data at inference ({dropout.budget.iloc[0]} labels)", "", dropout_markdown(dropout, header=False)]
-    return "\n".join(lines) + "\n"
-
-
-def dropout_markdown(df: pd.DataFrame, header: bool = True) -> str:
-    """Pivot of the dropout table: rows AOI x task x representation, columns what is missing (R^2, change)."""
-    out = ["# Modality and channel dropout at inference", ""] if header else []
-    if df.empty:
-        return "\n".join(out + ["No results."]) + "\n"
-    missing = list(dict.fromkeys(df.missing))
-    out.append("| AOI | task | repr. | " + " | ".join(missing) + " |")
-    out.append("|---|---|---|" + "---|" * len(missing))
-    for (aoi, task, rep), g in df.groupby(["aoi", "task", "representation"], sort=False):
-        cells = []
-        for m in missing:
-            row = g[g.missing == m]
-            if not len(row):
-                cells.append("")
-            elif m == "none":
-                cells.append(_fmt(row.r2_mean.iloc[0]))
-            else:
-                cells.append(f"{_fmt(row.r2_mean.iloc[0])} ({row.r2_change.iloc[0]:+.3f})")
-        out.append(f"| {aoi} | {task} | {rep} | " + " | ".join(cells) + " |")
-    if "self_rank1" in df.columns:
-        out += ["", "Self-retrieval with the part missing (rank-1: the chip's nearest full embedding is its own; no labels):", "",
-                "| AOI | repr. | " + " | ".join(m for m in missing if m != "none") + " |",
-                "|---|---|" + "---|" * (len(missing) - 1)]
-        first = df.drop_duplicates(["aoi", "missing", "representation"])
-        for (aoi, rep), g in first.groupby(["aoi", "representation"], sort=False):
-            cells = [_fmt(g[g.missing == m].self_rank1.iloc[0]) if (g.missing == m).any() else "" for m in missing if m != "none"]
-            out.append(f"| {aoi} | {rep} | " + " | ".join(cells) + " |")
-    return "\n".join(out) + "\n"
-
-
-def plot_curves(results: pd.DataFrame, out_dir: Path) -> list[Path]:
-    """One PNG per AOI x task: R^2 vs labels per representation and baseline (band: ± std); pretrained 'all' dashed."""
-    import io
-
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    out_dir.mkdir(parents=True, exist_ok=True)
-    colours = {"s2rgb": "tab:green", "s1amp": "tab:blue", "coh": "tab:purple", "fused": "black", "stats": "tab:orange",
-               "hist": "tab:red", "hist-q": "tab:pink", "texture": "tab:brown", "combined": "tab:olive"}
-    styles = {PRETRAINED: "-", RANDOM_INIT: ":", HANDCRAFTED: "-."}
-    paths = []
-    results = results.copy()
-    results["budget"] = results["budget"].astype(str)
-    for (aoi, task), g in results.groupby(["aoi", "task"], sort=False):
-        fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=100)
-        for s in _series_order(g):
-            h = g[g.series == s]
-            model, rep = h.model.iloc[0], h.representation.iloc[0]
-            curve = h[h.budget != "all"]
-            x = curve.n_train.to_numpy()
-            m, sd = curve.r2_mean.to_numpy(), curve.r2_std.to_numpy()
-            col = colours.get(rep, "grey")
-            ax.plot(x, m, styles.get(model, "--"), marker="o", ms=3, color=col, label=s)
-            ax.fill_between(x, m - sd, m + sd, color=col, alpha=0.10)
-            full = h[h.budget == "all"]
-            if len(full) and model == PRETRAINED:
-                ax.axhline(float(full.r2_mean.iloc[0]), ls="--", lw=0.8, color=col)
-        ax.set_xscale("log")
-        ax.set_xlabel("labelled chips")
-        ax.set_ylabel("R^2 (blocked test split)")
-        sim = " (simulated)" if bool(g.simulated.iloc[0]) else ""
-        obs = "" if bool(g.observable.iloc[0]) else " - not observable"
-        ax.set_title(f"{aoi}{sim}: {task}{obs}", fontsize=10)
-        lo = np.nanmin(g.r2_mean.to_numpy()) if len(g) else 0
-        ax.set_ylim(max(-0.5, min(0.0, lo - 0.05)), 1.0)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=6, loc="lower right", ncol=2)
-        fig.tight_layout()
-        path = out_dir / f"{aoi}_{task}.png"
-        buf = io.BytesIO()
-        fig.savefig(buf, format="png")
-        plt.close(fig)
-        atomic_write_bytes(path, buf.getvalue())
-        paths.append(path)
-    return paths
-
-
 # ----------------------------------------------------------------------------------------- driver
 def run_evaluation(ws: Workspace, *, aois: Sequence[str] | None = None,
                    checkpoint: str | Path | Sequence[str | Path] = SHIPPED_CHECKPOINT,
@@ -725,31 +475,6 @@ def run_evaluation(ws: Workspace, *, aois: Sequence[str] | None = None,
     if progress_cb:
         progress_cb(1.0, f"evaluation written to {out}")
     return out
-
-
-def docs_page(summary: str, run: dict, command: str) -> str:
-    """docs/EVALUATION.md: what the numbers are measured on, how to reproduce them, then the generated report."""
-    simulated = "SIMULATED" in summary.splitlines()[0] if summary else False
-    head = ["# Few-shot evaluation", "",
-            "This page is written by the code (`" + command.strip() + "`); do not edit it by hand.", ""]
-    if simulated:
-        head += ["**Everything on this page is measured on SIMULATED data**: the five procedural demo AOIs that "
-                 "`make run` builds (`data.simulate`, seed 0), with checkpoints pretrained on other simulated seeds. "
-                 "The simulator's sensor models are calibrated against the real samples in `../shared/data` "
-                 "(see [CALIBRATION.md](CALIBRATION.md)); the numbers say how the method does on this simulator, "
-                 "not on Sentinel data.", ""]
-    head += ["Representations: `pretrained <key>` are the checkpoint's embeddings (per modality and fused); "
-             "`random-init fused` is the same architecture untrained; the cheap baselines (`core/features.py`) are "
-             "`stats` (per-channel mean, std, 10/50/90 % quantiles), `hist` (16-bin per-channel histograms over "
-             "the registry range), `hist-q` (16 equal-mass bins), `texture` (gradient statistics at two scales and "
-             "statistics of per-pixel channel differences such as VV-VH) and `combined` (all four side by side). "
-             "Every representation is fitted with the same estimator on the same draws and scored on the same "
-             "test chips.", "",
-             f"Run time: {run.get('seconds', '?')} s on this machine for {len(run.get('aois', []))} AOIs; pool per "
-             f"AOI (the 'all' budget): {run.get('pool_per_aoi', {})}. Budgets up to 1,000 fit in one AOI's pool, so "
-             "no pool larger than one AOI is needed.", ""]
-    body = "\n".join(("#" + line) if line.startswith("#") else line for line in summary.splitlines()[1:])
-    return "\n".join(head) + "\n" + body.lstrip("\n") + "\n"
 
 
 def main(argv: Sequence[str] | None = None) -> int:

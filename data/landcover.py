@@ -20,7 +20,6 @@ from pathlib import Path
 
 import numpy as np
 import yaml
-from pyproj.aoi import AreaOfInterest
 from pyproj.database import query_utm_crs_info
 
 PIXEL_SIZE_M = 70.0

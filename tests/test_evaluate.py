@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -13,7 +15,10 @@ from core.evaluate import (
     main,
     observability,
     parse_budgets,
+    probe_rows,
     run_evaluation,
+    self_rank1,
+    task_splits,
 )
 from core.model import ModelConfig, MultiModalViT
 from data.simulate import simulate_store
@@ -84,8 +89,6 @@ def test_quick_cli_writes_report(tiny_ws, capsys, tmp_path):
 
 
 def test_same_test_chips_for_every_representation(tiny_ws):
-    from core.evaluate import probe_rows, task_splits
-
     ws, _ = tiny_ws
     store = ws.open_store("conus")
     y = store.labels("cropland").astype(np.float64)
@@ -109,8 +112,6 @@ def test_same_test_chips_for_every_representation(tiny_ws):
 def test_two_checkpoints_and_representation_subset(tiny_ws, tmp_path):
     ws, ckpt = tiny_ws
     other = tmp_path / "ckpt-two"
-    import shutil
-
     shutil.copytree(ckpt, other)
     out = run_evaluation(ws, checkpoint=[ckpt, other], budgets=(5,), repeats=2, tasks=["cropland"],
                          split_seeds=[0, 1], block=2, representations=["fused", "hist"], dropout=False,
@@ -154,8 +155,6 @@ def test_observability_and_errors(tiny_ws, tmp_path):
 
 
 def test_self_rank1_counts_own_nearest_neighbour():
-    from core.evaluate import self_rank1
-
     rng = np.random.default_rng(0)
     ref = rng.normal(size=(50, 8))
     ref /= np.linalg.norm(ref, axis=1, keepdims=True)

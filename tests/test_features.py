@@ -7,7 +7,9 @@ import warnings
 import numpy as np
 import pytest
 
-from core.features import STATISTICS, FeatureError, chip_statistics, feature_names, handcrafted_features
+from core.features import (BASELINES, HIST_BINS, STATISTICS, TEXTURE_SCALES, FeatureError, baseline_features,
+                           baseline_names, chip_histograms, chip_statistics, chip_texture, feature_names,
+                           handcrafted_features)
 
 PER_CHANNEL = len(STATISTICS) + 1  # statistics + presence flag
 
@@ -85,8 +87,6 @@ def test_subsets_and_errors(tiny_store):
 
 # ----------------------------------------------------------------------------------------- more baselines
 def test_histograms_equal_direct_numpy_and_sum_to_one():
-    from core.features import chip_histograms
-
     rng = np.random.default_rng(1)
     x = rng.normal(size=(3, 2, 6, 6)).astype(np.float32)
     x[0, 0, :2] = np.nan          # partial NaN
@@ -109,8 +109,6 @@ def test_histograms_equal_direct_numpy_and_sum_to_one():
 
 
 def test_baseline_features_shapes_names_and_missing(tiny_store):
-    from core.features import BASELINES, HIST_BINS, baseline_features, baseline_names
-
     f = baseline_features(tiny_store, batch_size=16)
     assert set(f) == set(BASELINES)
     for k, v in f.items():
@@ -135,8 +133,6 @@ def test_baseline_features_shapes_names_and_missing(tiny_store):
 
 
 def test_texture_values_against_direct_numpy():
-    from core.features import TEXTURE_SCALES, chip_texture
-
     rng = np.random.default_rng(2)
     x = rng.gamma(2.0, size=(2, 2, 8, 8)).astype(np.float32)
     got = chip_texture(x)

@@ -29,7 +29,6 @@ from data.landcover import (
     landcover_chips,
     landcover_map,
     load_profiles,
-    make_grid,
     utm_epsg,
 )
 from data.sensors import SPECKLE_ENL, parse_channel

@@ -1,0 +1,27 @@
+"""The evaluation protocol's names and settings, shared by `core.evaluate` (compute), `core.report` (tables)
+and `core.plots` (curves): row-set models, default budgets, splits and draws, the observability filter and
+the issue's targets."""
+
+from __future__ import annotations
+
+from core.features import BASELINES
+
+DEFAULT_BUDGETS: tuple[int | None, ...] = (5, 10, 25, 50, 100, 250, 500, 1000, None)
+QUICK_BUDGETS: tuple[int | None, ...] = (10, 100, None)
+REPRESENTATIONS: tuple[str, ...] = ("s2rgb", "s1amp", "coh", "fused")
+HANDCRAFTED = "handcrafted"          # the `model` of the cheap baselines (stats, hist, texture, combined)
+PRETRAINED, RANDOM_INIT = "pretrained", "random-init"
+DEFAULT_REPRESENTATIONS: tuple[str, ...] = (*REPRESENTATIONS, RANDOM_INIT, *BASELINES)
+OBSERVABLE_STD = 0.02
+OBSERVABLE_MIN_CHIPS = 20
+PRESENCE_THRESHOLD = 0.05
+DROPOUT_BUDGET = 250
+TEST_FRACTION = 0.3
+DEFAULT_BLOCK = 8
+DEFAULT_BUFFER = 0
+DEFAULT_SPLIT_SEEDS = 3
+DEFAULT_REPEATS = 10
+# the issue's targets: beat the best baseline at these budgets; reach RATIO_TARGET of the full-label score at RATIO_BUDGET
+HEADLINE_BUDGETS: tuple[str, ...] = ("25", "100")
+RATIO_BUDGET = "250"
+RATIO_TARGET = 0.95
