@@ -220,7 +220,8 @@ class _Route:
 
 def build(ws: Workspace | None = None, aois: Sequence[str] | None = None, steps: Sequence[str] | None = None,
           progress_cb: ProgressCallback | None = None, *, checkpoint: str | Path = SHIPPED_CHECKPOINT,
-          chips_per_aoi: int = DEFAULT_CHIPS_PER_AOI, workers: int = 2, progress: bool = True) -> pd.DataFrame:
+          chips_per_aoi: int = DEFAULT_CHIPS_PER_AOI, chip_size: int = 64, workers: int = 2,
+          progress: bool = True) -> pd.DataFrame:
     """Build whatever is missing or stale; returns the actions table (aoi, step, action, seconds)."""
     ws = ws or Workspace()
     steps = _check_steps(steps)
@@ -243,9 +244,10 @@ def build(ws: Workspace | None = None, aois: Sequence[str] | None = None, steps:
                                 f"{list(DEFAULT_AOIS)} are generated; ingest others with `python -m data.ingest`")
         if sim:
             report("store", 0.0, f"simulating {len(sim)} AOI store(s) (simulated data)")
-            result = build_default_stores(ws, chips_per_aoi=chips_per_aoi, workers=workers, aois=sim, progress=progress)
+            result = build_default_stores(ws, chips_per_aoi=chips_per_aoi, chip_size=chip_size, workers=workers, aois=sim,
+                                          progress=progress)
             for aoi, how in result.items():
-                ws.record(f"store/{aoi}", action=how, simulated=True, chips_per_aoi=chips_per_aoi)
+                ws.record(f"store/{aoi}", action=how, simulated=True, chips_per_aoi=chips_per_aoi, chip_size=chip_size)
             actions += [{"aoi": a, "step": "store", "action": result.get(a, "built"),
                          "seconds": round(time.perf_counter() - t0, 1)} for a in sim]
         report("store", 1.0, "stores ready")
@@ -319,6 +321,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if name == "build":
             p.add_argument("--chips-per-aoi", type=int, default=DEFAULT_CHIPS_PER_AOI,
                            help="chips per simulated demo AOI (only when a store is generated)")
+            p.add_argument("--chip-size", type=int, default=64,
+                           help="pixels per chip side of a generated simulated store (e.g. 16 for a 150 K-chip demo)")
             p.add_argument("--workers", type=int, default=2, help="processes for simulating stores")
             p.add_argument("--quiet", action="store_true", help="no progress bars")
     args = ap.parse_args(argv)
@@ -331,7 +335,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     t0 = time.perf_counter()
     try:
         actions = build(ws, args.aoi, args.steps, checkpoint=args.checkpoint, chips_per_aoi=args.chips_per_aoi,
-                        workers=args.workers, progress=not args.quiet)
+                        chip_size=args.chip_size, workers=args.workers, progress=not args.quiet)
     except (PipelineError, StoreError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import functools
+import time
 
 import streamlit as st
+from threadpoolctl import threadpool_limits
 
 from core.search import SPACES, SearchRequest, search_chips, space_name
 from data.modalities import LABEL_TASKS
-from ui import cache, labelling, maps, search, state
+from ui import cache, labelling, maps, rastermap, search, state
 from ui.errors import UserError, page_guard
 
 state.require_entrypoint("pages/similarity.py")
@@ -20,7 +22,7 @@ with page_guard("similarity search"):
         raise UserError("This workspace holds no AOI yet.", "Build the simulated AOIs on the Home page.", "info")
     model = cache.model_name(ctx.checkpoint)
     store = cache.store(ctx.root, ctx.aoi)
-    geometry = cache.geometry(ctx.root, ctx.aoi)
+    grid = cache.grid(ctx.root, ctx.aoi)
     emb = cache.embeddings(ctx.root, ctx.aoi, model)
     spaces = [s for s in SPACES if s in emb.vectors]
 
@@ -37,11 +39,8 @@ with page_guard("similarity search"):
     state.from_url("chip", search.chip_key(ctx.aoi))  # a reload restores the query (the picker checks the id)
     chip_id = search.chip_picker(store, ctx.aoi)
     state.to_url(aoi=ctx.aoi, chip=chip_id)
-    c5, c6 = st.columns([3, 7])
-    colour_task = c5.selectbox("Map colour before a query", list(LABEL_TASKS), key="sim_colour_task",
+    colour_task = st.selectbox("Map colour before a query", list(LABEL_TASKS), key="sim_colour_task",
                                help="Label fraction that colours the chips until a query colours them by similarity.")
-    basemap = c6.toggle("Basemap (needs internet)", value=False, key="sim_basemap",
-                        help="Off: the chips are drawn on a plain background and nothing is fetched.")
 
     result = None
     if chip_id:
@@ -64,28 +63,30 @@ with page_guard("similarity search"):
             positives=tuple(st.session_state.get(search.refs_key(ctx.aoi, "pos"), [])),
             negatives=tuple(st.session_state.get(search.refs_key(ctx.aoi, "neg"), [])),
         )
-        result = search_chips(request, embs, indexes, lookups)
+        # One BLAS/OpenMP thread per request: concurrent sessions share the cores instead of fighting.
+        with threadpool_limits(limits=search.REQUEST_THREADS):
+            result = search_chips(request, embs, indexes, lookups)
         result.results.attrs["query"] = chip_id
         if skipped:
             st.caption(f"Not searched (no {space_name(target_space)} index yet): {', '.join(skipped)}.")
 
     if result is None:
         st.info("Click a chip on the map, or pick a chip id above, to find similar chips.")
-        values = store.labels(colour_task)
-        scale, value_name, outlines = maps.color_scale(colour_task), f"{colour_task} fraction", []
+        png = cache.label_map_png(ctx.root, ctx.aoi, colour_task)
+        scale, units, marks = maps.color_scale(colour_task), "fraction of the chip, 0-1", []
     else:
-        values = result.map_scores
-        scale = maps.color_scale("similarity", *maps.robust_range(values), title="similarity")
-        value_name, outlines = "similarity", search.highlights(geometry, result, ctx.aoi)
-    deck = maps.chip_deck(geometry, values, scale, value_name=value_name, highlights=outlines, basemap=basemap)
-    key = search.map_key(ctx.aoi)
-    st.pydeck_chart(deck, on_select=functools.partial(search.on_map_click, ctx.aoi, key),
-                    selection_mode="single-object", key=key, height=540)
-    legend = f"Colour: {scale.title} (low ← → high; grey = not available). "
-    if result is not None:
-        legend += "Blue outline: query; black outlines: top results. "
-    st.caption(legend + "Click a chip to search from it." + (" Simulated AOI." if store.meta.simulated else ""))
-    st.image(scale.colorbar(), width=256)
+        t0 = time.perf_counter()
+        scale = maps.color_scale("similarity", *maps.robust_range(result.map_scores), title="similarity")
+        png, units = maps.score_png(grid, result.map_scores, scale), "cosine, query · chip"
+        marks = search.marks(grid, result, ctx.aoi, cache.chip_lookup(ctx.root, ctx.aoi, model))
+        result.seconds["map_image"] = time.perf_counter() - t0
+    key = search.raster_key(ctx.aoi)
+    note = "simulated AOI" if store.meta.simulated else ""
+    rastermap.raster_map(grid, maps.png_data_url(png), maps.legend_spec(scale, units), marks, key=key,
+                         aspect=maps.cell_aspect(grid), height=520, note=note, view_id=ctx.aoi,
+                         on_click=functools.partial(search.on_raster_click, ctx.aoi, key, grid))
+    st.caption(f"One pixel per chip ({len(grid):,} chips); scroll to zoom, drag to pan, click a chip to search "
+               "from it." + (" Simulated AOI." if store.meta.simulated else ""))
 
     if result is not None and scope == "all AOIs" and not result.results.empty:
         search.show_overview(ctx.root, ctx.aois, ctx.aoi, result)

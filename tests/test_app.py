@@ -146,7 +146,7 @@ def test_similarity_pick_a_chip_shows_results_and_gallery(app_ws):
     assert set(res["kind"]) == {"simulated"}
     assert "Top results" in texts(at.subheader)
     thumbs = [len(img.proto.imgs) for img in at.get("image")]
-    assert thumbs[1:] == [11, 11, 11]  # the colour bar, then one row per modality: the query and 10 results
+    assert thumbs == [11, 11, 11]  # one row per modality: the query and 10 results (the colour bar is in the map)
     assert {b.proto.label for b in at.get("download_button")} == {"Download GeoJSON", "Download CSV"}
 
     # Cross-modal: query with SAR, search optical -> other scores.
@@ -163,10 +163,10 @@ def test_similarity_pick_a_chip_shows_results_and_gallery(app_ws):
     at.slider(key="sim_k").set_value(40).run()
     assert_clean(at)
     assert set(_results(at)["aoi"]) <= {"conus", "south_america"} and len(_results(at)) == 40
-    # ... and are placed on an overview map of every AOI (a second map, not clickable).
+    # ... and are placed on an overview map of every AOI (a pydeck map beside the score raster, not clickable).
     decks = at.get("deck_gl_json_chart")
-    assert len(decks) == 2
-    overview = {layer["id"]: layer for layer in json.loads(decks[1].proto.json)["layers"]}
+    assert len(decks) == 1
+    overview = {layer["id"]: layer for layer in json.loads(decks[0].proto.json)["layers"]}
     assert {r["aoi"] for r in overview[maps.OVERVIEW_AOI_LAYER]["data"]} == {"conus", "south_america"}
     assert len(overview[maps.OVERVIEW_POINT_LAYER]["data"]) == 40
     assert overview[maps.OVERVIEW_QUERY_LAYER]["data"][0]["id"] == picker.options[12]
@@ -174,7 +174,7 @@ def test_similarity_pick_a_chip_shows_results_and_gallery(app_ws):
 
     # Refine with a negative: the query moves, the scores change.
     at.radio(key="sim_scope").set_value("this AOI").run()
-    assert len(at.get("deck_gl_json_chart")) == 1  # the overview is for the all-AOIs scope only
+    assert len(at.get("deck_gl_json_chart")) == 0  # the overview is for the all-AOIs scope only
     before = _results(at)
     neg = at.multiselect(key="sim_neg::conus")
     neg.select(neg.options[0]).run()
@@ -182,6 +182,56 @@ def test_similarity_pick_a_chip_shows_results_and_gallery(app_ws):
     after = _results(at)
     assert neg.options[0] not in {f"{a}:{c}" for a, c in zip(after["aoi"], after["chip_id"])}
     assert not np.allclose(after["score"].to_numpy()[:5], before["score"].to_numpy()[:5])
+
+
+def click_score_map(at: AppTest, u: float, v: float) -> AppTest:
+    """Send what a click on the score map sends: where it landed on the image (fractions across, down)."""
+    maps_ = at.get("bidi_component")
+    assert len(maps_) == 1, "the page should draw exactly one score map"
+    states = at._tree.get_widget_states()
+    w = states.widgets.add()
+    w.id = f"$$STREAMLIT_INTERNAL_KEY_{maps_[0].proto.id}__events"
+    w.json_trigger_value = json.dumps([{"event": "click", "value": {"u": u, "v": v}}])
+    at._run(states)
+    assert_clean(at)
+    return at
+
+
+def score_map_data(at: AppTest) -> dict:
+    return json.loads(at.get("bidi_component")[0].proto.json)
+
+
+def test_similarity_click_on_the_score_map_searches_from_the_chip_under_it(app_ws):
+    from core.grid import ChipGrid
+
+    store = Workspace(app_ws).open_store("conus")
+    grid = ChipGrid.from_index(store.index, store.meta.crs)
+    at = open_page("pages/similarity.py")
+    data = score_map_data(at)
+    assert (data["rows"], data["cols"]) == grid.shape == (10, 10)
+    assert data["image"].startswith("data:image/png;base64,") and data["marks"] == []
+    assert [t["text"] for t in data["legend"]["ticks"]][::4] == ["0", "1"] and "fraction" in data["legend"]["units"]
+    click_score_map(at, 0.37, 0.81)  # column 3, row 8 of the raster
+    lon, lat = grid.lonlat_at_fraction(0.37, 0.81)
+    expected = grid.chip_at(lon, lat)
+    assert expected == store.index["chip_id"].iloc[int(grid.positions[8, 3])]
+    assert at.selectbox(key="sim_chip::conus").value == expected
+    res = _results(at)
+    assert len(res) == 10 and expected not in set(res["chip_id"])
+    data = score_map_data(at)
+    kinds = [m["kind"] for m in data["marks"]]
+    assert kinds.count("query") == 1 and kinds.count("result") == 10
+    query = next(m for m in data["marks"] if m["kind"] == "query")
+    assert (query["r"], query["c"]) == (8, 3)
+    assert data["legend"]["title"] == "similarity"
+    # A negative is drawn too; a click outside the image changes nothing.
+    neg = at.multiselect(key="sim_neg::conus")
+    neg.select(neg.options[0]).run()
+    assert [m["kind"] for m in score_map_data(at)["marks"]].count("negative") == 1
+    click_score_map(at, 1.2, 0.5)
+    assert at.selectbox(key="sim_chip::conus").value == expected
+    click_score_map(at, 0.05, 0.05)
+    assert at.selectbox(key="sim_chip::conus").value == store.index["chip_id"].iloc[int(grid.positions[0, 0])]
 
 
 def test_mapping_applied_to_all_aois_counts_detections_per_aoi(own_ws):

@@ -20,6 +20,7 @@ import streamlit as st
 from core import pipeline
 from core.checkpoint import read_model_card
 from core.embeddings import EmbeddingError, Embeddings, load_embeddings, model_name_of
+from core.grid import ChipGrid
 from core.index import ChipIndex
 from core.mapping import fit_label_map, predict_other, suggest_next
 from core.probes import fit_probe, learning_curve, probe_split
@@ -28,6 +29,7 @@ from core.representations import RepresentationVectors, load_representation, sou
 from data.labelsets import LabelSet
 from data.store import ChipStore
 from data.workspace import SCENARIO_FULL, Workspace
+from ui import maps
 from ui.errors import UserError
 from ui.maps import ChipGeometry
 
@@ -99,6 +101,27 @@ def _geometry(root: str, aoi: str, stamp: float) -> ChipGeometry:
 def geometry(root: str, aoi: str) -> ChipGeometry:
     """Chip footprints of an AOI formatted for fast map layers (once per AOI and server)."""
     return _geometry(root, aoi, store_stamp(root, aoi))
+
+
+@st.cache_resource(max_entries=16, show_spinner=False)
+def _grid(root: str, aoi: str, stamp: float) -> ChipGrid:
+    s = _store(root, aoi, stamp)
+    return ChipGrid.from_index(s.index, s.meta.crs)
+
+
+def grid(root: str, aoi: str) -> ChipGrid:
+    """The row/col chip grid of an AOI (click -> chip, scores -> raster), once per AOI and server."""
+    return _grid(root, aoi, store_stamp(root, aoi))
+
+
+@st.cache_data(max_entries=64, show_spinner=False)
+def _label_map_png(root: str, aoi: str, task: str, stamp: float) -> bytes:
+    return maps.score_png(_grid(root, aoi, stamp), _store(root, aoi, stamp).labels(task), maps.color_scale(task))
+
+
+def label_map_png(root: str, aoi: str, task: str) -> bytes:
+    """The score raster of a label task (the map before a query), shared by every session."""
+    return _label_map_png(root, aoi, task, store_stamp(root, aoi))
 
 
 # ----------------------------------------------------------------------------------------- model outputs

@@ -1,4 +1,10 @@
-"""Maps of chips with pydeck, fast enough to redraw 150 K chip polygons on every click.
+"""Maps of chips: score rasters (one pixel per chip) for the clickable maps, pydeck for the rest.
+
+The clickable maps draw the scores as an IMAGE of the AOI's row/col grid (`score_png`, one pixel per
+chip, nearest-neighbour) and resolve a click from its coordinate (`core.grid.ChipGrid`): nothing in the
+browser scales with the number of chips, so 150 K chips cost what 2 K cost (see `ui/rastermap.py`).
+
+The pydeck polygon maps below are kept for the non-clickable maps of small stores and the overview.
 
 pydeck serialises layer data with `json.dumps(..., indent=2, sort_keys=True)` of a list of dicts;
 for 150 K polygons that alone takes seconds. Chip footprints never change between clicks, only the
@@ -21,12 +27,17 @@ import re
 from dataclasses import dataclass
 from typing import Mapping, Sequence
 
+import base64
+import io
+
 import geopandas as gpd
 import numpy as np
 import pandas as pd
 import pydeck as pdk
 import shapely
+from PIL import Image
 
+from core.grid import ChipGrid
 from data.modalities import LABEL_TASKS
 
 CHIP_LAYER = "chips"
@@ -434,3 +445,74 @@ def overview_deck(
     # map_provider=None: no basemap and nothing fetched (see chip_deck).
     return pdk.Deck(layers=layers, initial_view_state=view, map_provider=None,
                     tooltip={"text": f"AOI {{aoi}}, chip {{id}}\n{value_name}: {{v}}"})
+
+
+# ----------------------------------------------------------------------------------------- score rasters
+_RASTER_LEVELS = 254
+"""Colour levels of a score raster: a palette PNG holds 256 entries, the last two are 'n/a' and 'no chip'."""
+_RASTER_NAN, _RASTER_EMPTY = 254, 255
+
+
+def score_png(grid: ChipGrid, values: np.ndarray, scale: ColorScale) -> bytes:
+    """The scores as a palette PNG, one pixel per chip of the row/col grid (row 0 on top); grey = n/a,
+    transparent = no chip in that cell. A 150 K-chip AOI is ~0.1-0.3 MB and ~20 ms."""
+    image = grid.raster(values)  # [rows, cols], NaN where n/a or no chip
+    span = scale.hi - scale.lo if scale.hi > scale.lo else 1.0
+    q = np.clip(np.rint((image - scale.lo) / span * (_RASTER_LEVELS - 1)), 0, _RASTER_LEVELS - 1)
+    levels = np.where(np.isfinite(image), q, _RASTER_NAN).astype(np.uint8)
+    levels[grid.positions < 0] = _RASTER_EMPTY
+    lut_idx = np.linspace(0, _LEVELS - 1, _RASTER_LEVELS).round().astype(int)
+    palette = np.zeros((256, 3), dtype=np.uint8)
+    palette[:_RASTER_LEVELS] = scale.lut[lut_idx, :3]
+    palette[_RASTER_NAN] = NAN_RGBA[:3]
+    alpha = np.full(256, 255, dtype=np.uint8)
+    alpha[_RASTER_EMPTY] = 0
+    img = Image.frombytes("P", (levels.shape[1], levels.shape[0]), np.ascontiguousarray(levels).tobytes())
+    img.putpalette(palette.ravel().tolist())
+    buf = io.BytesIO()
+    img.save(buf, format="PNG", optimize=False, compress_level=6, transparency=alpha.tobytes())
+    return buf.getvalue()
+
+
+def png_data_url(png: bytes) -> str:
+    """A PNG as a data: URL (the map component shows it without a second request)."""
+    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+
+
+def cell_aspect(grid: ChipGrid) -> float:
+    """Width / height of one grid cell on the ground (1 for square UTM chips; cos(lat) for lon/lat grids)."""
+    if not grid.dx or not grid.dy:
+        return 1.0
+    if grid.crs == "EPSG:4326":
+        lat = float(np.mean(grid.corners_lonlat()[:, 1]))
+        return abs(grid.dx) * math.cos(math.radians(lat)) / abs(grid.dy)
+    return abs(grid.dx) / abs(grid.dy)
+
+
+def _tick(value: float) -> str:
+    return f"{value:.3g}" if abs(value) < 1000 else f"{value:,.0f}"
+
+
+def legend_spec(scale: ColorScale, units: str, n_ticks: int = 5) -> dict:
+    """The colour bar of a score raster: title, units, a CSS gradient and ticks (fraction along, number)."""
+    stops = np.linspace(0, _LEVELS - 1, 11).round().astype(int)
+    gradient = ", ".join(f"rgb({r},{g},{b}) {i * 10}%" for i, (r, g, b) in enumerate(scale.lut[stops, :3].tolist()))
+    ticks = [{"at": float(f), "text": _tick(scale.lo + f * (scale.hi - scale.lo))} for f in np.linspace(0, 1, n_ticks)]
+    return {"title": scale.title, "units": units, "gradient": f"linear-gradient(to right, {gradient})", "ticks": ticks,
+            "nan": "rgb({},{},{})".format(*NAN_RGBA[:3])}
+
+
+MARK_KINDS = ("query", "result", "positive", "negative")
+"""Kinds of chip marks drawn over a score raster (query blue, results black, positives green, negatives red)."""
+
+
+def chip_marks(grid: ChipGrid, positions: Sequence[int], kind: str, labels: Sequence[str] | None = None) -> list[dict]:
+    """Marks of a few chips over a score raster: raster row/col, kind and a short label."""
+    if kind not in MARK_KINDS:
+        raise ValueError(f"unknown mark kind {kind!r}; use one of {MARK_KINDS}")
+    positions = np.asarray(list(positions), dtype=np.int64)
+    if positions.size == 0:
+        return []
+    rows, cols = grid.cells_of(positions)
+    labels = list(labels) if labels is not None else [""] * len(positions)
+    return [{"r": int(r), "c": int(c), "kind": kind, "label": str(t)} for r, c, t in zip(rows.tolist(), cols.tolist(), labels)]

@@ -12,11 +12,15 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from core.search import SearchResult
+from core.grid import ChipGrid
+from core.search import SearchResult, split_ref
 from data.store import ChipStore, StoreError
-from ui import cache, export, maps
+from ui import cache, export, maps, rastermap
 from ui.gallery import show_gallery
 
+REQUEST_THREADS = 1
+"""BLAS/OpenMP threads of one search: a 150 K-chip search is ~10 ms on one core, and ten sessions at once on
+two cores are fastest when none of them oversubscribes (threadpoolctl caps it per request)."""
 SELECTBOX_MAX = 5000
 """Up to this many chips the chip-id fallback is a selectbox; beyond, a text box (a 150 K option list is slow)."""
 
@@ -37,6 +41,11 @@ def map_key(aoi: str) -> str:
     return f"sim_map::{aoi}::{st.session_state.get(f'sim_map_gen::{aoi}', 0)}"
 
 
+def raster_key(aoi: str) -> str:
+    """Widget key of the score map (stable, so zoom and pan survive new queries)."""
+    return f"sim_raster::{aoi}"
+
+
 def set_query(aoi: str, chip_id: str | None) -> None:
     """Make a chip the query (or clear it); refinement examples belong to the old query and are reset."""
     if st.session_state.get(chip_key(aoi)) != chip_id:
@@ -52,6 +61,13 @@ def on_map_click(aoi: str, key: str) -> None:
     chip = maps.clicked_chip(st.session_state.get(key))
     if chip:
         set_query(aoi, chip)
+
+
+def on_raster_click(aoi: str, key: str, grid: ChipGrid) -> None:
+    """Score-map click callback: the chip under the click becomes the query (a click off the chips is ignored)."""
+    pos = rastermap.clicked_position(grid, key)
+    if pos is not None:
+        set_query(aoi, str(grid.chip_ids[pos]))
 
 
 def on_pick(aoi: str) -> None:
@@ -88,6 +104,17 @@ def chip_picker(store: ChipStore, aoi: str) -> str | None:
             st.session_state[key] = ""
         st.text_input("Query chip id", key=key, placeholder="click a chip on the map, or type its id", on_change=on_pick, args=(aoi,))
     return st.session_state.get(key) or None
+
+
+def marks(grid: ChipGrid, result: SearchResult, aoi: str, lookup: Mapping[str, int]) -> list[dict]:
+    """Marks over the score map: the query, the results in this AOI with their rank, positives and negatives."""
+    here = result.results[result.results["aoi"] == aoi]
+    out = maps.chip_marks(grid, here["position"].tolist(), "result", [f"#{r}" for r in here["rank"]])
+    for kind, refs in (("positive", st.session_state.get(refs_key(aoi, "pos"), [])),
+                       ("negative", st.session_state.get(refs_key(aoi, "neg"), []))):
+        pos = [lookup[c] for a, c in map(split_ref, refs) if a == aoi and c in lookup]
+        out += maps.chip_marks(grid, pos, kind)
+    return out + maps.chip_marks(grid, [result.query_position], "query", ["query"])
 
 
 def highlights(geometry: maps.ChipGeometry, result: SearchResult, aoi: str) -> list[dict]:
@@ -131,6 +158,10 @@ def show_results(root: str, aoi: str, result: SearchResult, modalities: Sequence
     """Results table, refinement pickers, thumbnails per modality and the GeoJSON/CSV downloads."""
     table = result.results
     st.subheader("Top results")
+    # The query and what it cost on the server (the browser benchmark reads this line).
+    spent = [f"{what} {result.seconds[name] * 1000:.0f} ms" for name, what in (("total", "search"), ("map_image", "map"))
+             if name in result.seconds]
+    st.caption(f"Query chip {table.attrs.get('query', '')} · server: {', '.join(spent)}")
     if table.empty:
         st.info("No chip matched (every chip in scope lacks the searched modality).")
         return
