@@ -71,7 +71,6 @@ with page_guard("similarity search"):
             st.caption(f"Not searched (no {space_name(target_space)} index yet): {', '.join(skipped)}.")
 
     if result is None:
-        st.info("Click a chip on the map, or pick a chip id above, to find similar chips.")
         png = cache.label_map_png(ctx.root, ctx.aoi, colour_task)
         scale, units, marks = maps.color_scale(colour_task), "fraction of the chip, 0-1", []
     else:
@@ -87,6 +86,9 @@ with page_guard("similarity search"):
                          on_click=functools.partial(search.on_raster_click, ctx.aoi, key, grid))
     st.caption(f"One pixel per chip ({len(grid):,} chips); scroll to zoom, drag to pan, click a chip to search "
                "from it." + (" Simulated AOI." if store.meta.simulated else ""))
+    if result is None:
+        # Below the map, so that the map does not move when the first result replaces this line.
+        st.info("Click a chip on the map, or pick a chip id above, to find similar chips.")
 
     if result is not None and scope == "all AOIs" and not result.results.empty:
         search.show_overview(ctx.root, ctx.aois, ctx.aoi, result)

@@ -35,13 +35,15 @@ CHECKPOINT_NAME = "test-tiny"
 TIMEOUT = 120
 
 
-def build_app_workspace(root: Path) -> tuple[Path, Path]:
-    """A small real workspace: 2 SIMULATED AOIs x 100 chips of 32 px, an untrained tiny model saved as a
-    checkpoint (real weights, random init), embeddings (full + random-init) and indexes via core.pipeline."""
+def build_app_workspace(root: Path, grids: dict[str, tuple[int, int, int]] | None = None) -> tuple[Path, Path]:
+    """A small real workspace: 2 SIMULATED AOIs x 100 chips of 32 px (or `grids`: AOI -> rows, cols, chip
+    size), an untrained tiny model saved as a checkpoint (real weights, random init), embeddings (full +
+    random-init) and indexes via core.pipeline."""
     torch.set_num_threads(1)
     ws = Workspace(root)
     for aoi, seed in APP_AOIS:
-        simulate_store(ws.store_path(aoi), aoi, 10, 10, seed, chip_size=32, progress=False)
+        rows, cols, size = (grids or {}).get(aoi, (10, 10, 32))
+        simulate_store(ws.store_path(aoi), aoi, rows, cols, seed, chip_size=size, progress=False)
     cfg = ModelConfig(name=CHECKPOINT_NAME, chip_size=32, patch_size=8, width=32, depth=1, heads=2, embed_dim=32)
     torch.manual_seed(0)
     ckpt = ws.root / "checkpoints" / CHECKPOINT_NAME
