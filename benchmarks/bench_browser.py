@@ -32,9 +32,10 @@ import numpy as np
 from playwright.async_api import Page, async_playwright
 from threadpoolctl import threadpool_limits
 
-from core.embed import SCENARIO_FULL, load_embeddings
+from core.embed import load_embeddings
 from core.grid import ChipGrid
-from data.workspace import Workspace
+from core.search import SearchRequest, search_chips
+from data.workspace import SCENARIO_FULL, Workspace
 from tests.browser import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, serve_app
 from ui import maps, search
 
@@ -55,8 +56,8 @@ def server_side(root: Path, aoi: str, model: str, n: int = 20, seed: int = 0) ->
     with threadpool_limits(limits=search.REQUEST_THREADS):
         for pos in rng.choice(len(store), size=n, replace=False):
             t0 = time.perf_counter()
-            request = search.SearchRequest(aoi=aoi, chip_id=str(emb.chip_ids[pos]))
-            result = search.search_chips(request, {aoi: emb}, {aoi: None}, {aoi: lookup})
+            request = SearchRequest(aoi=aoi, chip_id=str(emb.chip_ids[pos]))
+            result = search_chips(request, {aoi: emb}, {aoi: None}, {aoi: lookup})
             t1 = time.perf_counter()
             scale = maps.color_scale("similarity", *maps.robust_range(result.map_scores))
             png = maps.score_png(grid, result.map_scores, scale)
