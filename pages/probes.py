@@ -8,7 +8,7 @@ import streamlit as st
 from core.probes import ESTIMATORS
 from core.representations import normalise_drops
 from data.modalities import LABEL_TASKS, get_modality
-from ui import cache, charts, maps, probing, state
+from ui import cache, charts, maps, probing, rastermap, state
 from ui.errors import UserError, page_guard
 
 state.require_entrypoint("pages/probes.py")
@@ -81,7 +81,7 @@ with page_guard("few-shot probes"):
     show_error = st.toggle("Show the error (predicted - true) instead", key="probe_map_error",
                            help="For logistic: P(present) minus 1 where the chip's fraction is above the threshold, else 0.")
     pred_all = probing.all_predictions(result, len(store))
-    geometry = cache.geometry(ctx.root, ctx.aoi)
+    grid = cache.grid(ctx.root, ctx.aoi)
     if show_error:
         truth = store.labels(task)
         if presence is not None:
@@ -91,5 +91,5 @@ with page_guard("few-shot probes"):
         scale, values, name = maps.color_scale("prediction-error", -lim, lim, title="error"), err, "error"
     else:
         scale, values, name = maps.color_scale(task if task in LABEL_TASKS else "water"), pred_all, predicted
-    st.pydeck_chart(maps.chip_deck(geometry, values, scale, value_name=name), height=440, key="probe_map")
-    st.image(scale.colorbar(), width=256)
+    # A raster, one pixel per chip: the same cost at 150 K chips as at 2 K (see ui/rastermap.py).
+    rastermap.score_map(grid, values, scale, units=name, key="probe_map", height=440)

@@ -18,6 +18,7 @@ from typing import Callable
 import streamlit as st
 
 from core.grid import ChipGrid
+from ui import maps
 
 _HTML = """
 <div class="eo-map">
@@ -185,6 +186,14 @@ def raster_map(
     }
     kwargs = {"on_click_change": on_click} if on_click is not None else {}
     return _COMPONENT(key=key, data=data, height=height + 110, **kwargs)
+
+
+def score_map(grid: ChipGrid, values, scale: maps.ColorScale, *, units: str, key: str, marks: list[dict] | None = None,
+              height: int = 440, note: str = "") -> object:
+    """A map of one value per chip that is only looked at (no click): the raster, marks and colour bar."""
+    png = maps.score_png(grid, values, scale)
+    return raster_map(grid, maps.png_data_url(png), maps.legend_spec(scale, units), marks or [], key=key,
+                      aspect=maps.cell_aspect(grid), height=height, note=note)
 
 
 def clicked_position(grid: ChipGrid, key: str) -> int | None:
