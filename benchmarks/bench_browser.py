@@ -35,7 +35,7 @@ from threadpoolctl import threadpool_limits
 from core.embed import load_embeddings
 from core.grid import ChipGrid
 from core.search import SearchRequest, search_chips
-from data.workspace import SCENARIO_FULL, Workspace
+from data.workspace import SCENARIO_FULL, SCENARIO_RANDOM, Workspace
 from tests.browser import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, serve_app
 from ui import maps, search
 
@@ -151,7 +151,7 @@ async def bench_workspace(name: str, root: Path, checkpoint: str, clicks: int, s
     ws = Workspace(root)
     aoi = ws.list_stores()[0]
     print(f"[{name}] server-side timing ({aoi})…", flush=True)
-    out: dict = {"name": name, "aoi": aoi, "server": server_side(root, aoi, checkpoint)}
+    out: dict = {"name": name, "aoi": aoi, "checkpoint": checkpoint, "server": server_side(root, aoi, checkpoint)}
     store = ws.open_store(aoi)
     grid = ChipGrid.from_index(store.index, store.meta.crs)
     with serve_app(root, checkpoint, f"bench-browser-{name}.log") as url:
@@ -184,7 +184,11 @@ async def bench_workspace(name: str, root: Path, checkpoint: str, clicks: int, s
                     await page.wait_for_timeout(1500)
                     await page.screenshot(path=str(ARTIFACTS / f"{shots}-after.png"), full_page=True)
                 await context.close()
-                if probes:
+                random_init = ws.artifact_dir("embeddings", aoi, checkpoint, SCENARIO_RANDOM) / "meta.json"
+                if probes and not random_init.is_file():
+                    # The probes page would first embed every chip with the untrained model (its baseline).
+                    out["slider"] = {"error": "skipped: no random-init embeddings (the probes' baseline) built"}
+                elif probes:
                     print(f"[{name}] probes slider…", flush=True)
                     context = await browser.new_context(viewport=VIEWPORT)
                     try:
@@ -209,6 +213,7 @@ def table(results: list[dict], sessions: int) -> str:
     """The benchmark table: one column per workspace."""
     rows: list[tuple[str, list[str]]] = []
     rows.append(("chips", [f"{r['server']['chips']:,}" for r in results]))
+    rows.append(("model", [r["checkpoint"] for r in results]))
     rows.append(("server: search (median, in-process)", [_fmt(r["server"]["search_ms"], "ms") for r in results]))
     rows.append(("server: score raster + marks", [_fmt(r["server"]["map_ms"], "ms") + f" ({r['server']['png_kb']:.0f} KB PNG)" for r in results]))
     rows.append(("page load, cold / warm", [f"{_fmt(r['load_cold_s'])} / {_fmt(r['load_warm_s'])}" for r in results]))
@@ -226,7 +231,7 @@ def table(results: list[dict], sessions: int) -> str:
         if not s:
             slider.append("not run")
         elif "error" in s:
-            slider.append("failed: " + s["error"][:40])
+            slider.append(s["error"][:60] if s["error"].startswith("skipped") else "failed: " + s["error"][:50])
         else:
             med, worst, lost = _stats(s["steps_s"])
             slider.append(f"{_fmt(med)} / {_fmt(worst)} (first page {_fmt(s['first_s'])}{', %d timed out' % lost if lost else ''})")
@@ -244,9 +249,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Command line: benchmark the app in a real browser on one or more workspaces."""
     ap = argparse.ArgumentParser(prog="python -m benchmarks.bench_browser", description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    ap.add_argument("--workspace", action="append", required=True, metavar="NAME=DIR",
-                    help="a workspace to measure (its first AOI), e.g. 150k=workspace/demo-150k; repeat for several")
-    ap.add_argument("--checkpoint", default="tiny-sim", help="checkpoint folder name (as $EO_CHECKPOINT)")
+    ap.add_argument("--workspace", action="append", required=True, metavar="NAME=DIR[@CHECKPOINT]",
+                    help="a workspace to measure (its first AOI), e.g. 150k=workspace/demo-150k, optionally with its own "
+                    "checkpoint folder name; repeat for several")
+    ap.add_argument("--checkpoint", default="tiny-sim", help="default checkpoint folder name (as $EO_CHECKPOINT)")
     ap.add_argument("--clicks", type=int, default=20, help="sequential clicks per workspace")
     ap.add_argument("--sessions", type=int, default=10, help="browser sessions clicking at once")
     ap.add_argument("--seed", type=int, default=0)
@@ -260,15 +266,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     spaces = []
     for item in args.workspace:
-        name, sep, path = item.partition("=")
+        name, sep, rest = item.partition("=")
+        path, _, checkpoint = rest.partition("@")
         if not sep or not Path(path).is_dir() or not Workspace(path).list_stores():
             print(f"error: --workspace {item!r} must be NAME=DIR of a built workspace (`make demo-150k`)", file=sys.stderr)
             return 2
-        spaces.append((name, Path(path).resolve()))
+        spaces.append((name, Path(path).resolve(), checkpoint or args.checkpoint))
     shots = dict([args.screenshots.split("=", 1)]) if args.screenshots else {}
     ARTIFACTS.mkdir(exist_ok=True)
-    results = [asyncio.run(bench_workspace(name, root, args.checkpoint, args.clicks, args.sessions, args.seed,
-                                           shots.get(name), not args.no_probes)) for name, root in spaces]
+    results = [asyncio.run(bench_workspace(name, root, checkpoint, args.clicks, args.sessions, args.seed,
+                                           shots.get(name), not args.no_probes)) for name, root, checkpoint in spaces]
     print(table(results, args.sessions))
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1, default=float))
