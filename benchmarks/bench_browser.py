@@ -32,7 +32,7 @@ import numpy as np
 from playwright.async_api import Page, async_playwright
 from threadpoolctl import threadpool_limits
 
-from core.embed import load_embeddings
+from core.embeddings import load_embeddings
 from core.grid import ChipGrid
 from core.search import SearchRequest, search_chips
 from data.workspace import SCENARIO_FULL, SCENARIO_RANDOM, Workspace
