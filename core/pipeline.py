@@ -184,9 +184,10 @@ def _build_indexes(ws: Workspace, aoi: str, model_name: str, emb: Embeddings) ->
 class _Route:
     """One AOI's steps in a build: its store is opened once and its full embeddings loaded once, then shared."""
 
-    def __init__(self, ws: Workspace, aoi: str, checkpoint: str | Path, model_name: str) -> None:
+    def __init__(self, ws: Workspace, aoi: str, checkpoint: str | Path, model_name: str,
+                 store: ChipStore | None = None) -> None:
         self.ws, self.aoi, self.checkpoint, self.model_name = ws, aoi, checkpoint, model_name
-        self._store: ChipStore | None = None
+        self._store = store
         self._states: dict[str, str] = {}
         self._full: Embeddings | None = None
 
@@ -228,6 +229,7 @@ def build(ws: Workspace | None = None, aois: Sequence[str] | None = None, steps:
     names = pipeline_aois(ws, aois)
     model_name = model_name_of(checkpoint)
     actions: list[dict] = []
+    opened: dict[str, ChipStore] = {}  # stores the store step already opened (reused by the later steps)
 
     def report(step: str, fraction: float, message: str) -> None:
         if progress_cb:
@@ -236,7 +238,9 @@ def build(ws: Workspace | None = None, aois: Sequence[str] | None = None, steps:
     # Stores first, the simulated ones in parallel processes.
     if "store" in steps:
         t0 = time.perf_counter()
-        todo = [a for a in names if _store_state(ws, a)[0] != "built"]
+        states = {a: _store_state(ws, a) for a in names}
+        todo = [a for a in names if states[a][0] != "built"]
+        opened = {a: st[2] for a, st in states.items() if st[0] == "built" and st[2] is not None}
         sim = [a for a in todo if a in DEFAULT_AOIS]
         other = [a for a in todo if a not in DEFAULT_AOIS]
         if other:
@@ -263,7 +267,7 @@ def build(ws: Workspace | None = None, aois: Sequence[str] | None = None, steps:
             raise PipelineError(str(e)) from e
     tasks = [(aoi, step) for aoi in names for step in later]
     bar = tqdm(total=len(tasks), desc="pipeline", unit="step", disable=not progress or not tasks)
-    routes: dict[str, _Route] = {}
+    routes: dict[str, _Route] = {a: _Route(ws, a, checkpoint, model_name, store) for a, store in opened.items()}
     for i, (aoi, step) in enumerate(tasks):
         t0 = time.perf_counter()
         bar.set_postfix_str(f"{aoi} {step}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -115,3 +116,22 @@ def test_store_of_an_older_simulator_is_stale(ws_ckpt):
     meta_path.write_text(json.dumps(meta))
     row = status(ws, aois=["conus"], checkpoint=ckpt, steps=["store"]).iloc[0]
     assert row["state"] == "stale" and "simulator version" in row["detail"]
+
+
+def test_each_store_is_opened_once_per_route(ws_ckpt, monkeypatch):
+    from data.store import ChipStore
+
+    ws, ckpt = ws_ckpt
+    opened: list[str] = []
+    real_open = ChipStore.open.__func__
+
+    def counting_open(cls, path, *args, **kwargs):
+        opened.append(Path(path).name)
+        return real_open(cls, path, *args, **kwargs)
+
+    monkeypatch.setattr(ChipStore, "open", classmethod(counting_open))
+    build(ws, ["conus", "realish"], checkpoint=ckpt, progress=False)
+    assert sorted(opened) == ["conus", "realish"]  # store, embeddings, index, random-init, projection: one open
+    opened.clear()
+    status(ws, aois=["conus", "realish"], checkpoint=ckpt)
+    assert sorted(opened) == ["conus", "realish"]
