@@ -41,8 +41,9 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from core.checkpoint import code_version
-from core.embeddings import EmbeddingError, checkpoint_sha, load_embeddings
+from core.embeddings import EmbeddingError, Embeddings, checkpoint_sha, load_embeddings
 from core.probes import KNN_K, RF_TREES, RIDGE_ALPHAS
+from core.representations import RepresentationError, load_representation
 from data.atomic import atomic_write_bytes
 from data.labelsets import (
     LabelSet,
@@ -54,7 +55,7 @@ from data.labelsets import (
     read_label_file,
 )
 from data.store import ChipStore, StoreError
-from data.workspace import Workspace
+from data.workspace import SCENARIO_FULL, Workspace
 
 MAP_ESTIMATORS: tuple[str, ...] = ("logistic", "random_forest", "knn", "ridge")
 EXPORT_FORMATS: tuple[str, ...] = ("geojson", "geoparquet", "csv")
@@ -101,18 +102,26 @@ class MapResult:
 
 # ----------------------------------------------------------------------------------------- features
 def _load_representation(ws: Workspace, aoi: str, model_name: str, representation: str):
-    emb = load_embeddings(ws, aoi, model_name)
+    """core.representations.load_representation, plus the full embeddings (their meta is the map's provenance)."""
+    loaded: dict[str, Embeddings] = {}
+
+    def embeddings(scenario: str) -> Embeddings:
+        if scenario not in loaded:
+            loaded[scenario] = load_embeddings(ws, aoi, model_name, scenario)
+        return loaded[scenario]
+
+    emb = embeddings(SCENARIO_FULL)
     try:
-        X, present = emb.get(representation)
-    except KeyError:
+        ids, X, valid = load_representation(ws, aoi, model_name, representation, embeddings=embeddings)
+    except RepresentationError as e:
         raise MappingError(f"no representation {representation!r} for AOI {aoi!r} and model {model_name!r}: "
-                           f"choose one of {emb.keys}") from None
-    return X, present.astype(bool), emb.chip_ids.astype(str), emb
+                           f"{e.message} (the embeddings hold {emb.keys})") from None
+    return X, valid.astype(bool), ids.astype(str), emb
 
 
 def representation_features(ws: Workspace, aoi: str, model_name: str = "tiny-sim",
                             representation: str = "fused") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(X [N, D], valid [N], chip_ids [N]) of one embedding key of an AOI (EmbeddingError says how to build them)."""
+    """(X [N, D], valid [N], chip_ids [N]) of one representation of an AOI (EmbeddingError says how to build them)."""
     X, valid, ids, _ = _load_representation(ws, aoi, model_name, representation)
     return X, valid, ids
 
@@ -524,7 +533,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--aoi", required=True, help="AOI name (a store in the workspace)")
         p.add_argument("--labels", required=True, help="label file (.csv/.parquet/.geojson with chip_id, label) "
                        "or the name of a saved label set")
-        p.add_argument("--representation", default="fused", help="embedding key: fused, s2rgb, s1amp, coh")
+        p.add_argument("--representation", default="fused", help="representation (core.representations): fused, s2rgb, s1amp, coh, random-init, hand-crafted")
         p.add_argument("--estimator", default="logistic", choices=MAP_ESTIMATORS,
                        help="logistic (ridge on fraction labels), random_forest, knn, ridge")
         p.add_argument("--model-name", default="tiny-sim", help="embeddings' model name (default tiny-sim)")
