@@ -28,7 +28,6 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
