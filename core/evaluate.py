@@ -71,6 +71,7 @@ from core.protocol import (
     RANDOM_INIT,
     REPRESENTATIONS,
     TEST_FRACTION,
+    main_metric,
 )
 from core.report import docs_page, dropout_markdown, summary_markdown
 from data.atomic import atomic_write_bytes, atomic_write_json, atomic_write_text
@@ -315,8 +316,9 @@ def evaluate_aoi(ws: Workspace, aoi: str, *, checkpoint: Path | Sequence[Path], 
         observable, why = observability(y)
         splits = task_splits(store, y, seeds, block=block, buffer=buffer, test_fraction=test_fraction)
         for s in series:
-            block_rows = _with_ratio(probe_rows(s.X, y, s.present, splits, budgets=budgets, task=task,
-                                                estimator=estimator, repeats=repeats, standardised=True), "r2")
+            scored = probe_rows(s.X, y, s.present, splits, budgets=budgets, task=task, estimator=estimator,
+                                repeats=repeats, standardised=True)
+            block_rows = _with_ratio(scored, main_metric(scored[0] if scored else ())[0])
             for r in block_rows:
                 rows.append({"aoi": aoi, "simulated": bool(store.meta.simulated), "task": task,
                              "observable": observable, "observability": why, "model": s.model,
@@ -379,13 +381,16 @@ def dropout_table(ws: Workspace, aoi: str, *, checkpoint: Path, budget: int, rep
             if not res:
                 continue
             r = res[0]
+            m, _ = main_metric(r)
             rows.append({"aoi": aoi, "task": task, "observable": observable, "missing": missing, "representation": rep,
-                         "budget": r["budget"], "r2_mean": r.get("r2_mean"), "r2_std": r.get("r2_std"),
+                         "budget": r["budget"], f"{m}_mean": r.get(f"{m}_mean"), f"{m}_std": r.get(f"{m}_std"),
                          "pearson_r_mean": r.get("pearson_r_mean"), "self_rank1": rank1[(missing, rep)]})
     df = pd.DataFrame(rows)
     if not df.empty:
-        ref = df[df.missing == "none"].set_index(["task", "representation"])["r2_mean"]
-        df["r2_change"] = [r.r2_mean - ref.get((r.task, r.representation), np.nan) for r in df.itertuples()]
+        m, _ = main_metric(df.columns)
+        ref = df[df.missing == "none"].set_index(["task", "representation"])[f"{m}_mean"]
+        df[f"{m}_change"] = [getattr(r, f"{m}_mean") - ref.get((r.task, r.representation), np.nan)
+                             for r in df.itertuples()]
     return df
 
 

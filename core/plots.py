@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from core.protocol import HANDCRAFTED, PRETRAINED, RANDOM_INIT
+from core.protocol import HANDCRAFTED, PRETRAINED, RANDOM_INIT, main_metric
 from core.report import series_order
 from data.atomic import atomic_write_bytes
 
@@ -23,6 +23,7 @@ def plot_curves(results: pd.DataFrame, out_dir: Path) -> list[Path]:
     paths = []
     results = results.copy()
     results["budget"] = results["budget"].astype(str)
+    metric, label = main_metric(results.columns)
     for (aoi, task), g in results.groupby(["aoi", "task"], sort=False):
         fig = Figure(figsize=(6.4, 4.2), dpi=100)  # no pyplot: no global backend or figure registry
         ax = fig.subplots()
@@ -31,20 +32,20 @@ def plot_curves(results: pd.DataFrame, out_dir: Path) -> list[Path]:
             model, rep = h.model.iloc[0], h.representation.iloc[0]
             curve = h[h.budget != "all"]
             x = curve.n_train.to_numpy()
-            m, sd = curve.r2_mean.to_numpy(), curve.r2_std.to_numpy()
+            m, sd = curve[f"{metric}_mean"].to_numpy(), curve[f"{metric}_std"].to_numpy()
             col = colours.get(rep, "grey")
             ax.plot(x, m, styles.get(model, "--"), marker="o", ms=3, color=col, label=s)
             ax.fill_between(x, m - sd, m + sd, color=col, alpha=0.10)
             full = h[h.budget == "all"]
             if len(full) and model == PRETRAINED:
-                ax.axhline(float(full.r2_mean.iloc[0]), ls="--", lw=0.8, color=col)
+                ax.axhline(float(full[f"{metric}_mean"].iloc[0]), ls="--", lw=0.8, color=col)
         ax.set_xscale("log")
         ax.set_xlabel("labelled chips")
-        ax.set_ylabel("R^2 (blocked test split)")
+        ax.set_ylabel(f"{label} (blocked test split)")
         sim = " (simulated)" if bool(g.simulated.iloc[0]) else ""
         obs = "" if bool(g.observable.iloc[0]) else " - not observable"
         ax.set_title(f"{aoi}{sim}: {task}{obs}", fontsize=10)
-        lo = np.nanmin(g.r2_mean.to_numpy()) if len(g) else 0
+        lo = np.nanmin(g[f"{metric}_mean"].to_numpy()) if len(g) else 0
         ax.set_ylim(max(-0.5, min(0.0, lo - 0.05)), 1.0)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=6, loc="lower right", ncol=2)

@@ -4,6 +4,8 @@ the issue's targets."""
 
 from __future__ import annotations
 
+from typing import Iterable
+
 from core.features import BASELINES
 
 DEFAULT_BUDGETS: tuple[int | None, ...] = (5, 10, 25, 50, 100, 250, 500, 1000, None)
@@ -25,3 +27,13 @@ DEFAULT_REPEATS = 10
 HEADLINE_BUDGETS: tuple[str, ...] = ("25", "100")
 RATIO_BUDGET = "250"
 RATIO_TARGET = 0.95
+
+
+METRIC_LABELS: dict[str, str] = {"r2": "R^2", "f1": "F1"}
+"""The main score of a results table by estimator kind: R^2 for the regressors, F1 for the presence classifier."""
+
+
+def main_metric(columns: Iterable[str]) -> tuple[str, str]:
+    """(column prefix, label) of the main score in a results/dropout table: R^2, else F1 (logistic)."""
+    cols = set(columns)
+    return ("r2", METRIC_LABELS["r2"]) if "r2_mean" in cols or "f1_mean" not in cols else ("f1", METRIC_LABELS["f1"])

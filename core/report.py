@@ -23,6 +23,7 @@ from core.protocol import (
     RATIO_TARGET,
     REPRESENTATIONS,
     TEST_FRACTION,
+    main_metric,
 )
 
 
@@ -51,8 +52,9 @@ def headline_numbers(results: pd.DataFrame) -> dict:
     """The numbers behind the summary tables (observable pairs only), also written to run.json."""
     r = results[results.observable.astype(bool)].copy()
     r["budget"] = r["budget"].astype(str)
+    m, _ = main_metric(r.columns)
     pairs = list(dict.fromkeys(zip(r.aoi, r.task)))
-    mean_by_budget = {s: {b: float(g.r2_mean.mean()) for b, g in r[r.series == s].groupby("budget")}
+    mean_by_budget = {s: {b: float(g[f"{m}_mean"].mean()) for b, g in r[r.series == s].groupby("budget")}
                       for s in series_order(r)} if len(r) else {}
     fused = [s for s in series_order(r) if r[r.series == s].model.iloc[0] == PRETRAINED
              and r[r.series == s].representation.iloc[0] == "fused"] if len(r) else []
@@ -64,14 +66,14 @@ def headline_numbers(results: pd.DataFrame) -> dict:
         for aoi, task in pairs:
             item = {"aoi": aoi, "task": task}
             for b in HEADLINE_BUDGETS:
-                def get(s, col="r2_mean"):
+                def get(s, col=f"{m}_mean"):
                     key = (s, aoi, task, b)
                     return float(idx.loc[key, col]) if key in idx.index else np.nan
                 f = get(fs)
                 cands = [(get(bs), bs) for bs in baselines if np.isfinite(get(bs))]
                 best, name = max(cands) if cands else (np.nan, "-")
-                item[b] = {"pretrained": f, "pretrained_std": get(fs, "r2_std"), "best_baseline": name,
-                           "best_baseline_r2": best, "best_baseline_std": get(name, "r2_std") if cands else np.nan,
+                item[b] = {"pretrained": f, "pretrained_std": get(fs, f"{m}_std"), "best_baseline": name,
+                           "best_baseline_r2": best, "best_baseline_std": get(name, f"{m}_std") if cands else np.nan,
                            "difference": f - best}
             key = (fs, aoi, task, RATIO_BUDGET)
             item["ratio_at_250"] = float(idx.loc[key, "ratio_to_full"]) if key in idx.index else np.nan
@@ -84,11 +86,12 @@ def headline_numbers(results: pd.DataFrame) -> dict:
                     "ratio_at_250_mean": float(np.mean(ratios)) if ratios else np.nan,
                     "below_target": [(it["aoi"], it["task"], it["ratio_at_250"]) for it in per_pair
                                      if np.isfinite(it["ratio_at_250"]) and it["ratio_at_250"] < RATIO_TARGET]}
-    return {"pairs": pairs, "mean_by_budget": mean_by_budget, "fused": fused, "baselines": baselines,
+    return {"metric": m, "pairs": pairs, "mean_by_budget": mean_by_budget, "fused": fused, "baselines": baselines,
             "comparison": comp}
 
 
-def targets_markdown(series: str, comparison: dict, mean_by_budget: dict, baselines: Sequence[str]) -> list[str]:
+def targets_markdown(series: str, comparison: dict, mean_by_budget: dict, baselines: Sequence[str],
+                     label: str = "R^2") -> list[str]:
     """The issue's targets, checked by the code: wins on >= 2/3 of the pairs and on the mean at 25 and 100
     labels, and >= 95 % of the full-label score at 250 labels on the mean."""
     lines = [f"### Targets for {series}", ""]
@@ -103,7 +106,7 @@ def targets_markdown(series: str, comparison: dict, mean_by_budget: dict, baseli
                      f"**{'met' if ok_pairs else 'missed'}**; on the mean {_fmt(own)} vs the best baseline's mean "
                      f"({best_name}) {_fmt(best)}: **{'met' if ok_mean else 'missed'}**.")
     ratio = comparison["ratio_at_250_mean"]
-    lines.append(f"- At {RATIO_BUDGET} labels: {_fmt(ratio, True)} of its own full-label R^2 on the mean (target "
+    lines.append(f"- At {RATIO_BUDGET} labels: {_fmt(ratio, True)} of its own full-label {label} on the mean (target "
                  f"{int(RATIO_TARGET * 100)} %): **{'met' if np.isfinite(ratio) and ratio >= RATIO_TARGET else 'missed'}**.")
     return lines + [""]
 
@@ -124,32 +127,33 @@ def summary_markdown(results: pd.DataFrame, dropout: pd.DataFrame | None, settin
                 else "") +
              f"; split seeds {settings.get('split_seeds')}; {settings['repeats']} random draws per budget and split "
              "seed. The same test chips for every representation of a task (a representation that cannot see a "
-             "chip, e.g. one lacking that modality, is scored on the test chips it sees; see (e)). Scores: R^2 on "
+             "chip, e.g. one lacking that modality, is scored on the test chips it sees; see (e)). Scores: " + main_metric(results.columns)[1] + " on "
              "the test chips, mean over split seeds x draws ('all' = the whole pool, one fit per split seed); "
              "'±' = std over split seeds x draws.", ""]
     if results.empty:
         return "\n".join(lines + ["No results (no AOI had enough labelled chips)."]) + "\n"
     r = results.copy()
     r["budget"] = r["budget"].astype(str)
+    m, label = main_metric(r.columns)
     h = headline_numbers(r)
     pairs, order = h["pairs"], series_order(r)
     budgets = _budget_order(r.budget)
     obs = r[r.observable.astype(bool)]
     # (a)
-    lines += [f"## (a) Mean R^2 by label budget over the {len(pairs)} observable AOI x task pairs", "",
+    lines += [f"## (a) Mean {label} by label budget over the {len(pairs)} observable AOI x task pairs", "",
               "| representation | " + " | ".join(budgets) + " |", "|---|" + "---|" * len(budgets)]
     for s in order:
         cells = []
         for b in budgets:
             g = obs[(obs.series == s) & (obs.budget == b)]
-            v = _fmt(g.r2_mean.mean()) if len(g) else "-"
+            v = _fmt(g[f"{m}_mean"].mean()) if len(g) else "-"
             cells.append(v + (f" ({len(g)})" if 0 < len(g) < len(pairs) else ""))
         lines.append(f"| {s} | " + " | ".join(cells) + " |")
     lines += ["", "A number in brackets: pairs whose pool holds that budget (the mean is over those only).", ""]
     # (b), (c)
     for fs, c in h["comparison"].items():
         lines += [f"## (b) {fs} vs the best baseline at {' and '.join(HEADLINE_BUDGETS)} labels", "",
-                  "Best baseline = the highest mean R^2 among " + ", ".join(h["baselines"]) +
+                  f"Best baseline = the highest mean {label} among " + ", ".join(h["baselines"]) +
                   " for that pair and budget (chosen on the test scores, which favours the baselines).", "",
                   "| AOI | task | " + " | ".join(f"{fs.split()[-1]} @{b} | best baseline @{b} | diff @{b}"
                                                    for b in HEADLINE_BUDGETS) + " |",
@@ -164,9 +168,9 @@ def summary_markdown(results: pd.DataFrame, dropout: pd.DataFrame | None, settin
             lines.append(f"| {it['aoi']} | {it['task']} | " + " | ".join(cells) + " |")
         lines += ["", "Pairs where " + fs + " beats the best baseline: " + ", ".join(
             f"**{c['wins'][b]} / {c['counted'][b]}** at {b} labels" for b in HEADLINE_BUDGETS) + ".", ""]
-        lines += targets_markdown(fs, c, h["mean_by_budget"], h["baselines"])
+        lines += targets_markdown(fs, c, h["mean_by_budget"], h["baselines"], label)
         lines += [f"## (c) {fs}: share of the full-label score at {RATIO_BUDGET} labels", "",
-                  f"Mean over the observable pairs: **{_fmt(c['ratio_at_250_mean'], True)}** of the full-label R^2. "
+                  f"Mean over the observable pairs: **{_fmt(c['ratio_at_250_mean'], True)}** of the full-label {label}. "
                   f"Pairs below {int(RATIO_TARGET * 100)} %: " + (", ".join(
                       f"{a}/{t} ({_fmt(v, True)})" for a, t, v in c["below_target"]) or "none") + ".", ""]
     # (d)
@@ -196,11 +200,12 @@ def summary_markdown(results: pd.DataFrame, dropout: pd.DataFrame | None, settin
 
 
 def dropout_markdown(df: pd.DataFrame, header: bool = True) -> str:
-    """Pivot of the dropout table: rows AOI x task x representation, columns what is missing (R^2, change)."""
+    """Pivot of the dropout table: rows AOI x task x representation, columns what is missing (main score, change)."""
     out = ["# Modality and channel dropout at inference", ""] if header else []
     if df.empty:
         return "\n".join(out + ["No results."]) + "\n"
     missing = list(dict.fromkeys(df.missing))
+    metric, _ = main_metric(df.columns)
     out.append("| AOI | task | repr. | " + " | ".join(missing) + " |")
     out.append("|---|---|---|" + "---|" * len(missing))
     for (aoi, task, rep), g in df.groupby(["aoi", "task", "representation"], sort=False):
@@ -210,9 +215,9 @@ def dropout_markdown(df: pd.DataFrame, header: bool = True) -> str:
             if not len(row):
                 cells.append("")
             elif m == "none":
-                cells.append(_fmt(row.r2_mean.iloc[0]))
+                cells.append(_fmt(row[f"{metric}_mean"].iloc[0]))
             else:
-                cells.append(f"{_fmt(row.r2_mean.iloc[0])} ({row.r2_change.iloc[0]:+.3f})")
+                cells.append(f"{_fmt(row[f'{metric}_mean'].iloc[0])} ({row[f'{metric}_change'].iloc[0]:+.3f})")
         out.append(f"| {aoi} | {task} | {rep} | " + " | ".join(cells) + " |")
     if "self_rank1" in df.columns:
         out += ["", "Self-retrieval with the part missing (rank-1: the chip's nearest full embedding is its own; no labels):", "",

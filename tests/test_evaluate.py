@@ -165,3 +165,19 @@ def test_self_rank1_counts_own_nearest_neighbour():
     present[:10] = False
     assert self_rank1(ref, present, ref, present) == 1.0
     assert np.isnan(self_rank1(ref, np.zeros(50, dtype=bool), ref, present))
+
+
+def test_logistic_report_speaks_f1(tiny_ws):
+    """The presence classifier has no R^2: the tables, targets, ratios, dropout and curves use its F1."""
+    ws, ckpt = tiny_ws
+    out = run_evaluation(ws, checkpoint=ckpt, run_name="logistic", budgets=(10,), repeats=2, tasks=["cropland"],
+                         estimator="logistic", dropout_budget=20, progress=False, block=2,
+                         representations=["fused", "stats"])
+    res = pd.read_csv(out / "results.csv")
+    assert "f1_mean" in res.columns and "r2_mean" not in res.columns
+    assert res.ratio_to_full.notna().all()
+    summary = (out / "summary.md").read_text()
+    assert "Mean F1 by label budget" in summary and "R^2" not in summary
+    drop = pd.read_csv(out / "dropout.csv")
+    assert "f1_change" in drop.columns and (out / "dropout.md").read_text().count("|") > 10
+    assert list((out / "curves").glob("*.png"))
