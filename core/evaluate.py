@@ -15,6 +15,9 @@ Protocol (see docs/EVALUATION.md and docs/CONTRACTS.md):
   statistics (`stats`), per-channel histograms (`hist`: fixed bins over the registry range; `hist-q`:
   equal-mass bins from the AOI's pixel quantiles), gradient-texture and within-modality channel
   difference statistics (`texture`), and all three together (`combined`), from `core.features`.
+- External representations (issue #17): any other name, e.g. `alphaearth`, is an embedding brought by the user
+  (`python -m data.ingest embeddings`), loaded through `core.representations`, scored on the same splits and
+  compared with the best baseline like the fused embedding (series `external <name>`).
 - A task is *observable* on an AOI when its label varies (std > 0.02) and at least 20 chips hold the class
   (fraction > 0.05); headline numbers use observable pairs only, and the summary lists what is dropped.
 
@@ -62,6 +65,7 @@ from core.protocol import (
     DEFAULT_REPRESENTATIONS,
     DEFAULT_SPLIT_SEEDS,
     DROPOUT_BUDGET,
+    EXTERNAL,
     HANDCRAFTED,
     OBSERVABLE_MIN_CHIPS,
     OBSERVABLE_STD,
@@ -73,6 +77,7 @@ from core.protocol import (
     TEST_FRACTION,
     main_metric,
 )
+from core.representations import RepresentationError, is_external, load_representation
 from core.report import docs_page, dropout_markdown, summary_markdown
 from data.atomic import atomic_write_bytes, atomic_write_json, atomic_write_text
 from data.modalities import LABEL_TASKS
@@ -104,18 +109,26 @@ def parse_budgets(items: Sequence[str]) -> tuple[int | None, ...]:
 
 
 def parse_representations(items: Sequence[str]) -> tuple[str, ...]:
-    """Representation names: s2rgb/s1amp/coh/fused (pretrained), random-init[:key], stats/hist/texture/combined."""
+    """Representation names: s2rgb/s1amp/coh/fused (pretrained), random-init[:key], stats/hist/texture/combined,
+    or the name of an external representation (checked against each AOI when it is loaded)."""
     out = []
     for item in items:
         key = item.split(":", 1)[1] if item.startswith(RANDOM_INIT + ":") else item
         if item not in (*REPRESENTATIONS, RANDOM_INIT, *BASELINES) and not (
-                item.startswith(RANDOM_INIT + ":") and key in REPRESENTATIONS):
-            raise EvaluationError(f"unknown representation {item!r}; choose from {list(DEFAULT_REPRESENTATIONS)} "
-                                  f"or random-init:<{'|'.join(REPRESENTATIONS)}>")
+                item.startswith(RANDOM_INIT + ":") and key in REPRESENTATIONS) and not _external_name(item):
+            raise EvaluationError(f"unknown representation {item!r}; choose from {list(DEFAULT_REPRESENTATIONS)}, "
+                                  f"random-init:<{'|'.join(REPRESENTATIONS)}> or an external representation's name")
         out.append(item)
     if not out:
         raise EvaluationError("no representations to evaluate")
     return tuple(dict.fromkeys(out))
+
+
+def _external_name(name: str) -> bool:
+    try:
+        return is_external(name)
+    except RepresentationError:
+        return False
 
 
 def observability(y: np.ndarray) -> tuple[bool, str]:
@@ -298,6 +311,10 @@ def aoi_series(ws: Workspace, aoi: str, *, checkpoints: Sequence[Path], represen
         ones = np.ones(len(store), dtype=bool)
         for k in kinds:
             out.append(Series(k, HANDCRAFTED, k, "", standardise(feats[k]), ones))
+    for rep in (r for r in representations if _external_name(r)):
+        # RepresentationError (not ingested for this AOI, or pooled on an older grid) says how to fix it.
+        v = load_representation(ws, aoi, "", rep, store=store)
+        out.append(Series(series_name(EXTERNAL, rep), EXTERNAL, rep, "", standardise(v.X, v.valid), v.valid))
     return out
 
 
@@ -544,7 +561,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                              split_seeds=split_seeds, block=args.block, buffer=args.buffer,
                              representations=args.representations, dropout=not args.no_dropout,
                              test_fraction=args.test_fraction)
-    except (EvaluationError, ProbeError) as e:
+    except (EvaluationError, ProbeError, RepresentationError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print((out / "summary.md").read_text())

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from core.protocol import HANDCRAFTED, PRETRAINED, RANDOM_INIT, main_metric
+from core.protocol import EXTERNAL, HANDCRAFTED, PRETRAINED, RANDOM_INIT, main_metric
 from core.report import series_order
 from data.atomic import atomic_write_bytes
 
@@ -19,7 +19,7 @@ def plot_curves(results: pd.DataFrame, out_dir: Path) -> list[Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     colours = {"s2rgb": "tab:green", "s1amp": "tab:blue", "coh": "tab:purple", "fused": "black", "stats": "tab:orange",
                "hist": "tab:red", "hist-q": "tab:pink", "texture": "tab:brown", "combined": "tab:olive"}
-    styles = {PRETRAINED: "-", RANDOM_INIT: ":", HANDCRAFTED: "-."}
+    styles = {PRETRAINED: "-", EXTERNAL: "-", RANDOM_INIT: ":", HANDCRAFTED: "-."}
     paths = []
     results = results.copy()
     results["budget"] = results["budget"].astype(str)
@@ -33,7 +33,7 @@ def plot_curves(results: pd.DataFrame, out_dir: Path) -> list[Path]:
             curve = h[h.budget != "all"]
             x = curve.n_train.to_numpy()
             m, sd = curve[f"{metric}_mean"].to_numpy(), curve[f"{metric}_std"].to_numpy()
-            col = colours.get(rep, "grey")
+            col = colours.get(rep, "tab:cyan" if model == EXTERNAL else "grey")
             ax.plot(x, m, styles.get(model, "--"), marker="o", ms=3, color=col, label=s)
             ax.fill_between(x, m - sd, m + sd, color=col, alpha=0.10)
             full = h[h.budget == "all"]

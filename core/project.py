@@ -27,6 +27,7 @@ import numpy as np
 
 from data.atomic import atomic_write_bytes, atomic_write_json
 from core.embeddings import EmbeddingError, Embeddings, load_embeddings
+from core.representations import load_representation
 from data.workspace import ALL_AOIS, SCENARIO_FULL, Workspace
 
 FORMAT_VERSION = 1
@@ -134,6 +135,13 @@ def project_joint(ws: Workspace, embeddings: "Mapping[str, Embeddings]", model_n
     present = np.concatenate([e.get(key)[1] for e in embs])
     ids = np.concatenate([[f"{a}:{c}" for c in e.chip_ids] for a, e in embeddings.items()])
     return project_aoi(ws, ALL_AOIS, model_name, key, vectors=vectors, present=present, chip_ids=ids, **kwargs)
+
+
+def project_representation(ws: Workspace, aoi: str, model_name: str, name: str, **kwargs: Any) -> np.ndarray:
+    """Cached UMAP `[N, 2]` of any named representation (`core.representations`), e.g. an external one;
+    NaN rows where a chip has no vector. Stored beside the model's projections, fingerprinted by content."""
+    rep = load_representation(ws, aoi, model_name, name)
+    return project_aoi(ws, aoi, model_name, name, vectors=rep.X, present=rep.valid, chip_ids=rep.chip_ids, **kwargs)
 
 
 def project_aoi(ws: Workspace, aoi: str, model_name: str, key: str = "fused", scenario: str = SCENARIO_FULL, *,

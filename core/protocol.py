@@ -13,6 +13,7 @@ QUICK_BUDGETS: tuple[int | None, ...] = (10, 100, None)
 REPRESENTATIONS: tuple[str, ...] = ("s2rgb", "s1amp", "coh", "fused")
 HANDCRAFTED = "handcrafted"          # the `model` of the cheap baselines (stats, hist, texture, combined)
 PRETRAINED, RANDOM_INIT = "pretrained", "random-init"
+EXTERNAL = "external"                # the `model` of embeddings brought by the user (data.external, issue #17)
 DEFAULT_REPRESENTATIONS: tuple[str, ...] = (*REPRESENTATIONS, RANDOM_INIT, *BASELINES)
 OBSERVABLE_STD = 0.02
 OBSERVABLE_MIN_CHIPS = 20

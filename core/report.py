@@ -12,6 +12,7 @@ import pandas as pd
 from core.features import BASELINES
 from core.protocol import (
     DEFAULT_BLOCK,
+    EXTERNAL,
     HANDCRAFTED,
     HEADLINE_BUDGETS,
     OBSERVABLE_MIN_CHIPS,
@@ -36,7 +37,7 @@ def _fmt(x: float, pct: bool = False) -> str:
 
 def series_order(r: pd.DataFrame) -> list[str]:
     """Pretrained series first (fused first), then random-init, then the hand-crafted baselines."""
-    rank = {PRETRAINED: 0, RANDOM_INIT: 1, HANDCRAFTED: 2}
+    rank = {PRETRAINED: 0, EXTERNAL: 0.5, RANDOM_INIT: 1, HANDCRAFTED: 2}
     first = r.drop_duplicates("series")
     rep_rank = {k: i for i, k in enumerate(("fused", *REPRESENTATIONS, *BASELINES))}
     keyed = sorted(first.itertuples(), key=lambda t: (rank.get(t.model, 3), str(t.checkpoint),
@@ -56,9 +57,12 @@ def headline_numbers(results: pd.DataFrame) -> dict:
     pairs = list(dict.fromkeys(zip(r.aoi, r.task)))
     mean_by_budget = {s: {b: float(g[f"{m}_mean"].mean()) for b, g in r[r.series == s].groupby("budget")}
                       for s in series_order(r)} if len(r) else {}
-    fused = [s for s in series_order(r) if r[r.series == s].model.iloc[0] == PRETRAINED
-             and r[r.series == s].representation.iloc[0] == "fused"] if len(r) else []
-    baselines = [s for s in series_order(r) if r[r.series == s].model.iloc[0] != PRETRAINED] if len(r) else []
+    # The fused embedding and every external one are compared with the best of the same cheap baselines.
+    fused = [s for s in series_order(r) if (r[r.series == s].model.iloc[0] == PRETRAINED
+             and r[r.series == s].representation.iloc[0] == "fused") or r[r.series == s].model.iloc[0] == EXTERNAL] \
+        if len(r) else []
+    baselines = [s for s in series_order(r) if r[r.series == s].model.iloc[0] not in (PRETRAINED, EXTERNAL)] \
+        if len(r) else []
     idx = r.set_index(["series", "aoi", "task", "budget"])
     comp: dict[str, dict] = {}
     for fs in fused:

@@ -13,9 +13,13 @@ A representation name says which vectors, and the same name means the same vecto
 `list_representations(ws, aoi, model)` names those available for an AOI; `load_representation(...)`
 returns `(chip_ids, X, valid)` with rows in store order and `valid` False where a chip has no input.
 
-Extension point (issue #17, external embeddings such as AlphaEarth or Tessera pooled per chip): write a
-`RepresentationSource` (`names`, `owns`, `load`, `source_files`) that reads vectors stored under
-`Workspace.representation_dir(aoi, name)` (`<workspace>/representations/<aoi>/<name>/`) and call
+- external embeddings (issue #17): any other name is a representation brought by the user (AlphaEarth,
+  Tessera, any per-pixel embedding raster), pooled per chip by `python -m data.ingest embeddings` into
+  `Workspace.representation_dir(aoi, name)` (`data.external`) and served by `ExternalEmbeddings`; missing
+  chips are zero vectors with valid False, like an absent modality. `external_index` builds (once) and
+  loads its FAISS index; `as_embeddings` wraps any representation for `core.search.search_chips`.
+
+Extension point: write a `RepresentationSource` (`names`, `owns`, `load`, `source_files`) and call
 `register_source(...)` once at import of its module. Callers (app, mapping, probes) only pass names, so
 nothing else changes. The rules about which inputs may be dropped (`normalise_drops`) and the per-chip
 modality availability (`availability`) live here too, not in the pages.
@@ -23,6 +27,7 @@ modality availability (`availability`) live here too, not in the pages.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Mapping, NamedTuple, Protocol, Sequence
@@ -31,10 +36,14 @@ import numpy as np
 
 from core.embeddings import EmbeddingError, Embeddings, load_embeddings
 from core.features import BASELINES, baseline_features, handcrafted_features
+from core.index import ChipIndex, IndexLoadError
 from core.model import fuse
+from data.external import ExternalError, list_external, read_external
 from data.modalities import MODALITY_KEYS
 from data.store import ChipStore
 from data.workspace import SCENARIO_FULL, SCENARIO_RANDOM, Workspace, drop_scenario
+
+_NAME = re.compile(r"[A-Za-z0-9_-]+")
 
 RANDOM_INIT = SCENARIO_RANDOM
 HAND_CRAFTED = "hand-crafted"
@@ -257,7 +266,87 @@ class HandCrafted:
         return [ws.store_path(aoi) / "store.json"]
 
 
-_SOURCES: list[RepresentationSource] = [ModelEmbeddings(), RandomInit(), HandCrafted()]
+class ExternalEmbeddings:
+    """Embeddings brought by the user (AlphaEarth, Tessera, ...), pooled per chip by `data.external`."""
+
+    def names(self, ws: Workspace, aoi: str, model: str) -> list[str]:
+        return [n for n in list_external(ws, aoi) if not _builtin(n)]
+
+    def owns(self, name: str) -> bool:
+        # Asked after the built-in sources: any other valid workspace name may be an external representation.
+        return isinstance(name, str) and not _builtin(name) and bool(_NAME.fullmatch(name))
+
+    def load(self, req: Request) -> RepresentationVectors:
+        try:
+            ext = read_external(req.ws, req.aoi, req.name)
+        except ExternalError as e:
+            raise RepresentationError(str(e)) from None
+        if ext.meta.get("grid", {}).get("kind") == "store":
+            ids = req.store().index["chip_id"].to_numpy().astype(str)
+            if len(ids) != len(ext.chip_ids) or not np.array_equal(ids, ext.chip_ids):
+                raise RepresentationError(f"The {req.name!r} vectors of {req.aoi} were pooled on an older chip grid.",
+                                          f"Ingest them again with `python -m data.ingest embeddings --aoi {req.aoi} "
+                                          f"--name {req.name} FILES...`.")
+        x = np.where(ext.valid[:, None], np.nan_to_num(ext.X, nan=0.0), 0.0).astype(np.float32)
+        return RepresentationVectors(ext.chip_ids, x, ext.valid)
+
+    def source_files(self, ws: Workspace, aoi: str, model: str, name: str,
+                     dropped_channels: tuple[tuple[str, str], ...]) -> list[Path]:
+        return [ws.representation_dir(aoi, name) / "meta.json", ws.store_path(aoi) / "store.json"]
+
+
+_BUILTIN: list[RepresentationSource] = [ModelEmbeddings(), RandomInit(), HandCrafted()]
+_SOURCES: list[RepresentationSource] = [*_BUILTIN, ExternalEmbeddings()]
+
+
+def _builtin(name: str) -> bool:
+    return any(s.owns(name) for s in _BUILTIN)
+
+
+def is_external(name: str) -> bool:
+    """Whether a representation name is an external one (brought by the user, not computed here)."""
+    return isinstance(source_of(name), ExternalEmbeddings)
+
+
+def external_names(ws: Workspace, aoi: str) -> list[str]:
+    """Names of the external representations ingested for an AOI (what the app's pickers add to the model's)."""
+    return ExternalEmbeddings().names(ws, aoi, "")
+
+
+def external_provenance(ws: Workspace, aoi: str, name: str) -> dict:
+    """The provenance of an external representation (product, year, sources, pooling, counts, notes)."""
+    try:
+        return read_external(ws, aoi, name).meta
+    except ExternalError as e:
+        raise RepresentationError(str(e)) from None
+
+
+def as_embeddings(vectors: RepresentationVectors, name: str, meta: Mapping | None = None) -> Embeddings:
+    """A representation as one-key Embeddings, the input `core.search.search_chips` and the UMAP helpers take."""
+    return Embeddings(np.asarray(vectors.chip_ids).astype(str), {name: vectors.X}, {name: vectors.valid},
+                      dict(meta or {}))
+
+
+def external_index(ws: Workspace, aoi: str, name: str, vectors: RepresentationVectors | None = None) -> ChipIndex | None:
+    """The FAISS index of an external representation over its valid chips: loaded when current, else built and
+    saved beside the vectors (None when no chip is valid)."""
+    path = ws.representation_index_dir(aoi, name)
+    stamp = external_provenance(ws, aoi, name).get("created")
+    if (path / "meta.json").is_file():
+        try:
+            index = ChipIndex.load(path, gpu=False)
+            if index.meta.get("representation_created") == stamp:
+                return index
+        except IndexLoadError:
+            pass  # damaged or old: rebuilt below
+    if vectors is None:
+        vectors = load_representation(ws, aoi, "", name)
+    if not vectors.valid.any():
+        return None
+    index = ChipIndex.build(vectors.X[vectors.valid], vectors.chip_ids[vectors.valid], gpu=False)
+    index.meta.update(aoi=aoi, representation=name, representation_created=stamp)
+    index.save(path, overwrite=True)
+    return index
 
 
 def register_source(source: RepresentationSource) -> None:
@@ -271,7 +360,8 @@ def source_of(name: str) -> RepresentationSource:
         if source.owns(name):
             return source
     raise RepresentationError(f"Unknown representation {name!r}.",
-                              f"Use one of {list(EMBEDDING_KEYS)}, {RANDOM_INIT}[:<key>], {HAND_CRAFTED} or {list(BASELINES)}.")
+                              f"Use one of {list(EMBEDDING_KEYS)}, {RANDOM_INIT}[:<key>], {HAND_CRAFTED}, {list(BASELINES)} "
+                              "or the name of an external representation ([A-Za-z0-9_-]+).")
 
 
 # ----------------------------------------------------------------------------------------- API

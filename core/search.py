@@ -32,8 +32,10 @@ class SearchError(ValueError):
 
 SPACES = ("fused", *MODALITY_KEYS)
 def space_name(space: str) -> str:
-    """Human name of an embedding space (a modality or the fused one)."""
-    return "fused (all present modalities)" if space == "fused" else get_modality(space).title
+    """Human name of an embedding space (a modality, the fused one, or an external representation's name)."""
+    if space == "fused":
+        return "fused (all present modalities)"
+    return get_modality(space).title if space in MODALITY_KEYS else f"{space} (external embeddings)"
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,8 @@ Subcommands (each writes `<workspace>/stores/<aoi>/` unless `--out` is given):
     m3leo         M3LEO-style <aoi>/<aoi>_partitions_aschips_<hash>/<datakind>/<chip_id>.tif folders
     coherence     InSAR coherence pairs (one GeoTIFF per interferogram) -> `coh`, one channel per baseline
     labels        add/overwrite label fractions of an existing store from WorldCover/JRC/GHSL rasters
+    embeddings    per-pixel embedding rasters (AlphaEarth, Tessera, any) pooled per chip into a named
+                  representation at <workspace>/representations/<aoi>/<name>/ (data.external)
 
 Stores are marked real (simulated=False) and carry provenance: source files, source CRS, acquisition
 dates where known. Modalities not given are recorded as missing, never stored as zeros. Writes are
@@ -24,6 +26,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from data import external
 from data import labels as labels_module
 from data.geotiff import IngestError
 from data.labels import add_label_arguments, attach_labels, label_sources
@@ -79,10 +82,12 @@ def build_parser() -> argparse.ArgumentParser:
             "  python -m data.ingest sen1floods11 ../shared/data/sen1floods11-sample --aoi flood_spain\n"
             "  python -m data.ingest m3leo /data/m3leo/conus --aoi conus_m3leo\n"
             "  python -m data.ingest coherence ../shared/data/pyrate-coherence-sample --aoi mexico_city --baselines 12 24 36 48\n"
-            "  python -m data.ingest labels --aoi mysite --worldcover ESA_WorldCover_*_Map.tif --jrc occurrence_*.tif"
+            "  python -m data.ingest labels --aoi mysite --worldcover ESA_WorldCover_*_Map.tif --jrc occurrence_*.tif\n"
+            "  python -m data.ingest embeddings --aoi mysite --name alphaearth --product alphaearth alphaearth_2024_*.tif"
         ),
     )
-    sub = ap.add_subparsers(dest="command", required=True, metavar="{geotiff,bigearthnet,sen1floods11,m3leo,coherence,labels}")
+    sub = ap.add_subparsers(dest="command", required=True,
+                            metavar="{geotiff,bigearthnet,sen1floods11,m3leo,coherence,labels,embeddings}")
 
     g = sub.add_parser("geotiff", help="your own GeoTIFFs (any subset of S2, S1, coherence)",
                        description=mosaic.__doc__,
@@ -150,7 +155,26 @@ def build_parser() -> argparse.ArgumentParser:
                          description=labels_module.__doc__,
                          formatter_class=argparse.RawDescriptionHelpFormatter)
     _common(lab, nodata=False)
+    _embeddings_parser(sub)
     return ap
+
+
+def _embeddings_parser(sub: argparse._SubParsersAction) -> None:
+    e = sub.add_parser("embeddings", help="per-pixel embedding rasters pooled per chip (AlphaEarth, Tessera, any)",
+                       description=external.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    e.add_argument("files", nargs="+", type=Path, metavar="FILE", help="GeoTIFF tiles, .npy or .zarr arrays")
+    e.add_argument("--aoi", required=True, help="AOI name: its chip store's grid is used when it exists")
+    e.add_argument("--name", required=True, help="representation name ([A-Za-z0-9_-]+), e.g. alphaearth")
+    e.add_argument("--product", choices=list(external.PRODUCTS), default="generic",
+                   help="alphaearth: 64 bands A00..A63; tessera: 128 int8 bands + <tile>_scales; generic: any count")
+    e.add_argument("--chip-size", type=int, help="chip side in source pixels, for an AOI without a store (new grid)")
+    e.add_argument("--year", type=int, help="year of the embeddings (default: parsed from the file names)")
+    e.add_argument("--crs", help="CRS of .npy/.zarr arrays without a sidecar JSON, e.g. EPSG:32615")
+    e.add_argument("--transform", type=float, nargs=6, metavar=("A", "B", "C", "D", "E", "F"),
+                   help="affine of .npy/.zarr arrays without a sidecar JSON (rasterio order)")
+    e.add_argument("--nodata", type=float, help="nodata value (default: the file's declared one)")
+    e.add_argument("--workspace", type=Path, help="workspace root (default $EO_WORKSPACE or ./workspace)")
+    e.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def _store_path(args: argparse.Namespace) -> tuple[Path, Workspace | None]:
@@ -164,7 +188,14 @@ def _store_path(args: argparse.Namespace) -> tuple[Path, Workspace | None]:
 
 
 def run(args: argparse.Namespace) -> IngestResult | None:
-    """Run one parsed command; returns the ingest result (None for `labels`)."""
+    """Run one parsed command; returns the ingest result (None for `labels` and `embeddings`)."""
+    if args.command == "embeddings":
+        ws = Workspace(args.workspace)
+        res = external.ingest_embeddings(ws, args.aoi, args.name, args.files, product=args.product,
+                                         chip_size=args.chip_size, year=args.year, crs=args.crs,
+                                         transform=args.transform, nodata=args.nodata, progress=not args.quiet)
+        print(res.summary())
+        return None
     out, ws = _store_path(args)
     labels = label_sources(args)
     common = dict(labels=labels, jrc_threshold=args.jrc_threshold, title=args.title, overwrite=args.overwrite,

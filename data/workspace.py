@@ -10,6 +10,7 @@ This module is the one owner of the layout (nobody else joins folder names):
     indexes/<aoi>/<model>/<key>/                     Workspace.index_dir
     projections/<aoi>/<model>/<scenario>/            Workspace.projection_dir
     representations/<aoi>/<name>/                    Workspace.representation_dir (external embeddings, #17)
+    representations/<aoi>/<name>/index/              Workspace.representation_index_dir (its FAISS index)
     evaluations/<run>/, evaluations/_features/<aoi>/ Workspace.evaluation_dir, Workspace.features_cache_dir
     labelsets/<aoi>/<name>.parquet                   Workspace.label_set_path
 
@@ -170,6 +171,10 @@ class Workspace:
     def representation_dir(self, aoi: str, name: str) -> Path:
         """Folder of an external representation of an AOI (vectors brought by the user, see core.representations)."""
         return self.artifact_dir("representations", check_name(aoi), check_name(name, "representation name"))
+
+    def representation_index_dir(self, aoi: str, name: str) -> Path:
+        """Folder of the FAISS index of an external representation (beside its vectors)."""
+        return self.representation_dir(aoi, name) / "index"
 
     def evaluation_dir(self, run_name: str) -> Path:
         """Folder of one evaluation run."""

@@ -8,6 +8,7 @@ import time
 import streamlit as st
 from threadpoolctl import threadpool_limits
 
+from core.representations import RepresentationError, external_names
 from core.search import SPACES, SearchRequest, search_chips, space_name
 from data.modalities import LABEL_TASKS
 from ui import cache, labelling, maps, rastermap, search, state
@@ -25,13 +26,17 @@ with page_guard("similarity search"):
     grid = cache.grid(ctx.root, ctx.aoi)
     emb = cache.embeddings(ctx.root, ctx.aoi, model)
     spaces = [s for s in SPACES if s in emb.vectors]
+    externals = external_names(ctx.workspace, ctx.aoi)  # embeddings brought by the user (#17)
 
     c1, c2, c3, c4 = st.columns([3, 3, 2, 2])
-    query_space = c1.selectbox("Query modality", spaces, format_func=space_name, key="sim_query_space",
-                               help="Which embedding of the clicked chip is the query.")
+    query_space = c1.selectbox("Query modality", spaces + externals, format_func=space_name, key="sim_query_space",
+                               help="Which embedding of the clicked chip is the query: the model's (a modality or "
+                                    "fused) or an external representation ingested with `python -m data.ingest embeddings`.")
+    external = query_space in externals
     target_space = c2.selectbox(
-        "Searched modality", spaces, format_func=space_name, key="sim_target_space",
-        help="Pick another modality than the query's for cross-modal search (e.g. a SAR query finding optical chips).",
+        "Searched modality", [query_space] if external else spaces, format_func=space_name, key="sim_target_space",
+        help="Pick another modality than the query's for cross-modal search (e.g. a SAR query finding optical chips); "
+             "an external representation searches itself.",
     )
     scope = c3.radio("Search in", ["this AOI", "all AOIs"], key="sim_scope", horizontal=True)
     k = c4.slider("Results (top-k)", min_value=1, max_value=50, value=10, key="sim_k")
@@ -48,13 +53,21 @@ with page_guard("similarity search"):
         embs, indexes, lookups = {}, {}, {}
         for a in aois:
             try:
-                embs[a] = emb if a == ctx.aoi else cache.embeddings(ctx.root, a, model)
-            except UserError:
+                if external:
+                    embs[a] = cache.representation_embeddings(ctx.root, a, model, query_space)
+                else:
+                    embs[a] = emb if a == ctx.aoi else cache.embeddings(ctx.root, a, model)
+            except (UserError, RepresentationError):
                 if a == ctx.aoi:
                     raise
                 continue  # another AOI without embeddings yet: search the others, say so below
             # The query's own AOI is ranked from the exact map scores; the others through their index.
-            indexes[a] = None if a == ctx.aoi else cache.chip_index(ctx.root, a, model, target_space)
+            if a == ctx.aoi:
+                indexes[a] = None
+            elif external:
+                indexes[a] = cache.representation_index(ctx.root, a, model, query_space)
+            else:
+                indexes[a] = cache.chip_index(ctx.root, a, model, target_space)
             lookups[a] = cache.chip_lookup(ctx.root, a, model)
         skipped = sorted(a for a in aois if a != ctx.aoi and indexes.get(a) is None)
         request = SearchRequest(
@@ -69,6 +82,8 @@ with page_guard("similarity search"):
         result.results.attrs["query"] = chip_id
         if skipped:
             st.caption(f"Not searched (no {space_name(target_space)} index yet): {', '.join(skipped)}.")
+    st.caption(f"Representation in use: {space_name(query_space)}"
+               + (f" → {space_name(target_space)}" if target_space != query_space else "") + ".")
 
     if result is None:
         png = cache.label_map_png(ctx.root, ctx.aoi, colour_task)

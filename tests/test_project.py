@@ -81,3 +81,28 @@ def test_errors(tmp_path):
     write_embeddings(ws, v, np.ones(N, bool), created="t0")
     with pytest.raises(ProjectionError, match="keys held"):
         project_aoi(ws, "aoi1", "tiny-sim", key="s2rgb")
+
+
+def test_project_representation_of_external_embeddings(tmp_path):
+    """An external representation (data.external, store-less grid of 1-pixel chips) projects like any other."""
+    import rasterio
+    from affine import Affine
+
+    from core.project import project_representation
+    from data.external import ingest_embeddings
+
+    ws = Workspace(tmp_path / "ws")
+    v, labels = clustered()
+    arr = v.T.reshape(D, 15, 20).copy()  # [C, H, W]: chip i = pixel i (row-major)
+    arr[:, 0, 0] = np.nan
+    path = tmp_path / "emb.tif"
+    with rasterio.open(path, "w", driver="GTiff", height=15, width=20, count=D, dtype="float32", crs="EPSG:32633",
+                       transform=Affine(10, 0, 500000, 0, -10, 4100000)) as dst:
+        dst.write(arr)
+    ingest_embeddings(ws, "aoi1", "mine", [path], chip_size=1)
+    xy = project_representation(ws, "aoi1", "tiny-sim", "mine")
+    assert xy.shape == (N, 2) and np.isnan(xy[0]).all() and np.isfinite(xy[1:]).all()
+    # Same-cluster neighbours stay together: the nearest point in 2-D shares the cluster for most chips.
+    d = np.linalg.norm(xy[1:, None] - xy[None, 1:], axis=-1)
+    np.fill_diagonal(d, np.inf)
+    assert (labels[1:][d.argmin(axis=1)] == labels[1:]).mean() > 0.9

@@ -24,8 +24,14 @@ from core.grid import ChipGrid
 from core.index import ChipIndex
 from core.mapping import fit_label_map, predict_other, suggest_next
 from core.probes import fit_probe, learning_curve, probe_split
-from core.project import project_joint, umap_2d
-from core.representations import RepresentationVectors, load_representation, source_files
+from core.project import project_joint, project_representation, umap_2d
+from core.representations import (
+    RepresentationVectors,
+    as_embeddings,
+    external_index,
+    load_representation,
+    source_files,
+)
 from data.labelsets import LabelSet
 from data.store import ChipStore
 from data.workspace import SCENARIO_FULL, Workspace
@@ -258,6 +264,38 @@ def representation(root: str, aoi: str, model: str, name: str, dropped_modalitie
         raise UserError(f"The embeddings behind {name!r} of {aoi} for model {model} are not built yet.",
                         "Press 'Build missing steps' on the Home page (or run `python -m core.pipeline build`).",
                         "info") from e
+
+
+@st.cache_resource(max_entries=24, show_spinner=False)
+def _representation_embeddings(root: str, aoi: str, model: str, name: str, stamp: tuple) -> Embeddings:
+    return as_embeddings(_representation(root, aoi, model, name, (), (), stamp), name)
+
+
+def representation_embeddings(root: str, aoi: str, model: str, name: str) -> Embeddings:
+    """A representation (e.g. an external one) as one-key Embeddings for search and the explorer (shared read-only)."""
+    representation(root, aoi, model, name)  # the friendly errors first
+    return _representation_embeddings(root, aoi, model, name, _representation_stamp(root, aoi, model, name, ()))
+
+
+@st.cache_resource(max_entries=32, show_spinner="Indexing the external embeddings (once)…")
+def _external_index(root: str, aoi: str, name: str, stamp: tuple):
+    return external_index(Workspace(root), aoi, name)
+
+
+def representation_index(root: str, aoi: str, model: str, name: str) -> ChipIndex | None:
+    """The FAISS index of an external representation of an AOI (built beside its vectors on first use)."""
+    return _external_index(root, aoi, name, _representation_stamp(root, aoi, model, name, ()))
+
+
+@st.cache_data(max_entries=32, show_spinner=False)
+def _umap_representation(root: str, aoi: str, model: str, name: str, stamp: tuple) -> np.ndarray:
+    return project_representation(Workspace(root), aoi, model, name)
+
+
+def umap_representation(root: str, aoi: str, model: str, name: str) -> np.ndarray:
+    """2-D UMAP of any named representation of one AOI [N, 2] (stored in the workspace by core.project)."""
+    representation(root, aoi, model, name)
+    return _umap_representation(root, aoi, model, name, _representation_stamp(root, aoi, model, name, ()))
 
 
 # Probes: results are small (metrics, a few arrays); the features behind them are found again from the
