@@ -43,7 +43,7 @@ from sklearn.preprocessing import StandardScaler
 from core.checkpoint import code_version
 from core.embeddings import EmbeddingError, Embeddings, checkpoint_sha, load_embeddings
 from core.probes import KNN_K, RF_TREES, RIDGE_ALPHAS
-from core.representations import RepresentationError, load_representation
+from core.representations import RepresentationError, external_provenance, is_external, load_representation
 from data.atomic import atomic_write_bytes
 from data.labelsets import (
     LabelSet,
@@ -102,7 +102,8 @@ class MapResult:
 
 # ----------------------------------------------------------------------------------------- features
 def _load_representation(ws: Workspace, aoi: str, model_name: str, representation: str):
-    """core.representations.load_representation, plus the full embeddings (their meta is the map's provenance)."""
+    """core.representations.load_representation, plus the full embeddings (their meta is the map's provenance;
+    None for an external representation, which needs no model embeddings)."""
     loaded: dict[str, Embeddings] = {}
 
     def embeddings(scenario: str) -> Embeddings:
@@ -110,13 +111,21 @@ def _load_representation(ws: Workspace, aoi: str, model_name: str, representatio
             loaded[scenario] = load_embeddings(ws, aoi, model_name, scenario)
         return loaded[scenario]
 
-    emb = embeddings(SCENARIO_FULL)
+    emb = None if _external(representation) else embeddings(SCENARIO_FULL)
     try:
         ids, X, valid = load_representation(ws, aoi, model_name, representation, embeddings=embeddings)
     except RepresentationError as e:
+        held = f" (the embeddings hold {emb.keys})" if emb is not None else ""
         raise MappingError(f"no representation {representation!r} for AOI {aoi!r} and model {model_name!r}: "
-                           f"{e.message} (the embeddings hold {emb.keys})") from None
+                           f"{e}{held}") from None
     return X, valid.astype(bool), ids.astype(str), emb
+
+
+def _external(name: str) -> bool:
+    try:
+        return is_external(name)
+    except RepresentationError:
+        return False
 
 
 def representation_features(ws: Workspace, aoi: str, model_name: str = "tiny-sim",
@@ -353,8 +362,9 @@ def _utc_now() -> str:
 
 
 def map_provenance(*, checkpoint: Path | None, representation: str, modalities: Sequence[str], label_set: LabelSet,
-                   result: MapResult, threshold: float, store: ChipStore) -> dict:
-    """The record that travels with an exported map: model, representation, labels, estimator, CV, threshold, data."""
+                   result: MapResult, threshold: float, store: ChipStore, external: dict | None = None) -> dict:
+    """The record that travels with an exported map: model, representation, labels, estimator, CV, threshold, data;
+    `external` (data.external's meta of an external representation) adds its product, year, sources and pooling."""
     sha = None
     if checkpoint is not None:
         try:
@@ -374,6 +384,9 @@ def map_provenance(*, checkpoint: Path | None, representation: str, modalities: 
                "std": None if np.isnan(result.cv_std) else result.cv_std, "folds": result.cv_folds},
         "threshold": float(threshold), "n_detections": int(detections(result, threshold).sum()),
         "warning": result.warning,
+        **({"external_embeddings": {k: external.get(k) for k in ("product", "year", "pooling", "masking", "sources",
+                                                                 "notes", "n_valid", "n_missing", "created")}}
+           if external else {}),
     }
 
 
@@ -489,11 +502,15 @@ def _cmd_train(args: argparse.Namespace) -> int:
         out = Path(args.out)
         fmt = format_of(out)
         store = ws.open_store(args.aoi)
-        ckpt = emb.meta.get("checkpoint")
-        modalities = emb.modalities if args.representation == "fused" else [args.representation]
+        ckpt = emb.meta.get("checkpoint") if emb is not None else None
+        if emb is None:  # not the model's embeddings: a baseline or an external representation
+            modalities = []
+        else:
+            modalities = emb.modalities if args.representation == "fused" else [args.representation]
+        external = external_provenance(ws, args.aoi, args.representation) if emb is None else None
         prov = map_provenance(checkpoint=Path(ckpt) if ckpt else None, representation=args.representation,
                               modalities=modalities, label_set=label_set, result=result, threshold=threshold,
-                              store=store)
+                              store=store, external=external)
         atomic_write_bytes(out, export_map(result, store, label_set, threshold=threshold, provenance=prov, fmt=fmt,
                                            detections_only=args.detections_only))
         print(f"wrote {out} ({fmt}{', simulated data' if store.meta.simulated else ''})")
@@ -533,7 +550,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--aoi", required=True, help="AOI name (a store in the workspace)")
         p.add_argument("--labels", required=True, help="label file (.csv/.parquet/.geojson with chip_id, label) "
                        "or the name of a saved label set")
-        p.add_argument("--representation", default="fused", help="representation (core.representations): fused, s2rgb, s1amp, coh, random-init, hand-crafted")
+        p.add_argument("--representation", default="fused",
+                       help="representation (core.representations): fused, s2rgb, s1amp, coh, random-init, "
+                            "hand-crafted, or an external representation's name (python -m data.ingest embeddings)")
         p.add_argument("--estimator", default="logistic", choices=MAP_ESTIMATORS,
                        help="logistic (ridge on fraction labels), random_forest, knn, ridge")
         p.add_argument("--model-name", default="tiny-sim", help="embeddings' model name (default tiny-sim)")

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from core.representations import availability
+from core.representations import availability, external_names
 from core.search import SPACES, space_name
 from data.modalities import LABEL_TASKS
 from ui import cache, charts, maps, state
@@ -29,35 +29,48 @@ with page_guard("embedding explorer"):
     store = cache.store(ctx.root, ctx.aoi)
     emb = cache.embeddings(ctx.root, ctx.aoi, model)
     keys = [k for k in SPACES if k in emb.vectors]
+    externals = external_names(ctx.workspace, ctx.aoi)  # embeddings brought by the user (#17)
     c1, c2, c3 = st.columns([3, 3, 2])
-    key = c1.selectbox("Embedding", keys, format_func=space_name, key="exp_key")
+    key = c1.selectbox("Embedding", keys + externals, format_func=space_name, key="exp_key",
+                       help="The model's embeddings (fused or one modality) or an external representation.")
+    external = key in externals
+    st.caption(f"Representation in use: {space_name(key)}.")
     scope = c3.radio("Points", ["this AOI", "all AOIs"], key="exp_scope", horizontal=True,
                      help="All AOIs: one UMAP of every AOI's embeddings together (computed once, then cached).")
     aois = [ctx.aoi]
-    if scope == "all AOIs":
+    if scope == "all AOIs" and external:
+        built = [a for a in ctx.aois if key in external_names(ctx.workspace, a)]
+        aois = [ctx.aoi] + [a for a in built if a != ctx.aoi]
+        if len(built) < len(ctx.aois):
+            st.caption(f"Not shown (no {key} vectors): {', '.join(a for a in ctx.aois if a not in built)}.")
+    elif scope == "all AOIs":
         built = [a for a in ctx.aois if cache.embeddings_stamp(ctx.root, a, model)]
         aois = [ctx.aoi] + [a for a in built if a != ctx.aoi]
         if len(built) < len(ctx.aois):
             st.caption(f"Not shown (no embeddings yet): {', '.join(a for a in ctx.aois if a not in built)}.")
     stores = {a: cache.store(ctx.root, a) for a in aois}
     embs = {a: (emb if a == ctx.aoi else cache.embeddings(ctx.root, a, model)) for a in aois}
+    # The points' presence: the chosen representation's valid flags (an external one has its own).
+    present = {a: (cache.representation_embeddings(ctx.root, a, model, key).present[key] if external
+                   else embs[a].present[key]) for a in aois}
     known = [t for t in LABEL_TASKS if any(np.isfinite(stores[a].labels(t)).any() for a in aois)]
     options = [*known, *(["AOI"] if len(aois) > 1 else []), "modality availability"]
     color = c2.selectbox("Colour by", options, key="exp_color",
                          help="A label fraction of the chip, its AOI, or which modalities the chip has.")
     if len(aois) == 1:
         with st.spinner("Computing the UMAP projection (once per AOI and embedding; stored in the workspace)…"):
-            xy = cache.umap(ctx.root, ctx.aoi, model, key)
+            xy = (cache.umap_representation(ctx.root, ctx.aoi, model, key) if external
+                  else cache.umap(ctx.root, ctx.aoi, model, key))
     else:
         n_all = sum(len(embs[a]) for a in aois)
         with st.spinner(f"Computing one UMAP of {n_all:,} chips from {len(aois)} AOIs (about a minute per 10,000 "
                         "chips on 2 cores, once; then stored in the workspace)…"):
-            xy = cache.umap_joint(ctx.root, aois, model, key)
+            xy = cache.umap_joint(ctx.root, aois, model, key, external=external)
     frames = []
     for a in aois:
         e, st_a = embs[a], stores[a]
         f = pd.DataFrame({"aoi": a, "chip_id": e.chip_ids if len(aois) == 1 else [f"{a}:{c}" for c in e.chip_ids],
-                          "position": np.arange(len(e)), "availability": availability(e.present), "present": e.present[key]})
+                          "position": np.arange(len(e)), "availability": availability(e.present), "present": present[a]})
         for t in known:
             f[t] = st_a.labels(t)
         frames.append(f)

@@ -8,6 +8,7 @@ import numpy as np
 import streamlit as st
 
 from core.mapping import MAP_ESTIMATORS, detections
+from core.representations import external_names, external_provenance
 from core.search import SPACES, space_name
 from ui import cache, labelling, maps, state
 from ui.errors import UserError, page_guard
@@ -26,7 +27,8 @@ with page_guard("label & map"):
     geometry = cache.geometry(ctx.root, ctx.aoi)
     emb = cache.embeddings(ctx.root, ctx.aoi, model)
     lookup = cache.chip_lookup(ctx.root, ctx.aoi, model)
-    reps = [s for s in SPACES if s in emb.vectors and emb.get(s)[1].any()]
+    externals = external_names(ctx.workspace, ctx.aoi)  # embeddings brought by the user (#17)
+    reps = [s for s in SPACES if s in emb.vectors and emb.get(s)[1].any()] + externals
     names = labelling.names(ctx.root, ctx.aoi)
     labelling.restore_from_url(ctx.aoi, names, reps, MAP_ESTIMATORS, lookup)
     labelling.show_message()
@@ -47,12 +49,17 @@ with page_guard("label & map"):
     brush = c1.radio("Click on the map labels a chip as", labelling.brush_options(label_set), key=labelling.BRUSH_KEY,
                      horizontal=True)
     rep = c2.selectbox("Representation", reps, format_func=space_name, key=labelling.REP_KEY,
-                       help="Which embedding the probe learns from: fused (all present modalities) or one modality.")
+                       help="Which embedding the probe learns from: fused (all present modalities), one modality, or "
+                            "an external representation (`python -m data.ingest embeddings`).")
     estimator = c3.selectbox("Estimator", list(MAP_ESTIMATORS), key=labelling.EST_KEY,
                              help="logistic: fast and robust with few labels; random forest / kNN: non-linear.")
     view = c4.radio("Map shows", list(labelling.VIEWS), key=labelling.VIEW_KEY, horizontal=True)
 
-    X, valid = emb.get(rep)
+    if rep in externals:
+        X, valid = cache.representation(ctx.root, ctx.aoi, model, rep)[1:]
+    else:
+        X, valid = emb.get(rep)
+    st.caption(f"Representation in use: {space_name(rep)}.")
     result = labelling.fit(ctx.root, ctx.aoi, model, rep, estimator, label_set)
     counts = label_set.counts()
     m1, m2, m3 = st.columns(3)
@@ -111,7 +118,9 @@ with page_guard("label & map"):
 
     st.subheader("Export")
     only = st.toggle("Detections only", key="map_dl_detonly", disabled=result is None)
-    labelling.export_buttons(result, store, label_set, threshold, ctx.checkpoint, emb.modalities if rep == "fused" else [rep],
-                             only and result is not None)
+    external = external_provenance(ctx.workspace, ctx.aoi, rep) if rep in externals else None
+    labelling.export_buttons(result, store, label_set, threshold, ctx.checkpoint,
+                             [] if external else emb.modalities if rep == "fused" else [rep], only and result is not None,
+                             external=external)
     st.caption("Files carry their provenance (model, representation, labels, estimator, CV score, threshold)"
                + ("; every row is marked simulated." if store.meta.simulated else "."))

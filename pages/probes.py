@@ -6,7 +6,8 @@ import numpy as np
 import streamlit as st
 
 from core.probes import ESTIMATORS
-from core.representations import normalise_drops
+from core.representations import external_names, normalise_drops
+from core.search import space_name
 from data.modalities import LABEL_TASKS, get_modality
 from ui import cache, charts, maps, probing, rastermap, state
 from ui.errors import UserError, page_guard
@@ -37,22 +38,29 @@ with page_guard("few-shot probes"):
                                     key="probe_budget", help="How many labelled chips the probe may learn from; 'all' = the whole pool.")
     budget = None if budget_label == "all" else int(budget_label)
 
-    st.markdown("**Inputs present at inference** (uncheck to simulate missing data)")
-    mod_cols = st.columns(len(emb.modalities))
-    dropped_modalities: list[str] = []
-    dropped_channels: list[tuple[str, str]] = []
-    channels = ctx.checkpoint and cache.model_card(ctx.checkpoint)["config"].get("channels", {}) or {}
-    for col, mod in zip(mod_cols, emb.modalities):
-        on = col.checkbox(get_modality(mod).title, value=True, key=f"probe_mod_{mod}")
-        if not on:
-            dropped_modalities.append(mod)
-            continue
-        for ch in channels.get(mod, []):
-            if not col.checkbox(f"{mod} · {ch}", value=True, key=f"probe_ch_{mod}_{ch}"):
-                dropped_channels.append((mod, ch))
-    dropped = normalise_drops(emb.modalities, channels, dropped_modalities, dropped_channels)
-    spec = dict(dropped_modalities=dropped[0], dropped_channels=dropped[1])
-    probing.ensure_drop_embeddings(ctx, model, spec["dropped_channels"])
+    externals = external_names(ctx.workspace, ctx.aoi)  # embeddings brought by the user (#17)
+    rep = st.selectbox("Representation", ["fused", *externals], format_func=space_name, key="probe_rep",
+                       help="The model's fused embeddings, or an external representation ingested with "
+                            "`python -m data.ingest embeddings` (compared on the same split and baselines).")
+    st.caption(f"Representation in use: {space_name(rep)}.")
+    spec: dict = {"representation": rep}
+    if rep == "fused":
+        st.markdown("**Inputs present at inference** (uncheck to simulate missing data)")
+        mod_cols = st.columns(len(emb.modalities))
+        dropped_modalities: list[str] = []
+        dropped_channels: list[tuple[str, str]] = []
+        channels = ctx.checkpoint and cache.model_card(ctx.checkpoint)["config"].get("channels", {}) or {}
+        for col, mod in zip(mod_cols, emb.modalities):
+            on = col.checkbox(get_modality(mod).title, value=True, key=f"probe_mod_{mod}")
+            if not on:
+                dropped_modalities.append(mod)
+                continue
+            for ch in channels.get(mod, []):
+                if not col.checkbox(f"{mod} · {ch}", value=True, key=f"probe_ch_{mod}_{ch}"):
+                    dropped_channels.append((mod, ch))
+        dropped = normalise_drops(emb.modalities, channels, dropped_modalities, dropped_channels)
+        spec.update(dropped_modalities=dropped[0], dropped_channels=dropped[1])
+        probing.ensure_drop_embeddings(ctx, model, spec["dropped_channels"])
     probing.ensure_random_init(ctx, model)
 
     result = cache.probe(ctx.root, ctx.aoi, model, task=task, estimator=estimator, budget=budget, repeats=int(repeats), **spec)

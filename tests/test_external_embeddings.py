@@ -154,14 +154,13 @@ def test_tiles_in_two_utm_zones_are_warped_with_a_note(ws, tmp_path, capsys):
     res = ingest_embeddings(ws, AOI, "two-zones", [left, right_path], product="alphaearth")
     assert any("warped from" in n and other in n for n in res.notes) and "warped from" in capsys.readouterr().out
     assert read_external(ws, AOI, "two-zones").meta["notes"] == res.notes
-    one = load_representation(ws, AOI, MODEL, "alphaearth") if "alphaearth" in list_representations(ws, AOI, MODEL) \
-        else None
+    ingest_embeddings(ws, AOI, "one-tile", [path], product="alphaearth")
+    one = read_external(ws, AOI, "one-tile")
     ext = read_external(ws, AOI, "two-zones")
     assert ext.valid.sum() >= 97  # every chip but the all-zero one (edge chips may lose warped pixels)
-    if one is not None:
-        both = ext.valid & one.valid
-        cos = (np.nan_to_num(ext.X[both]) * one.X[both]).sum(axis=1)
-        assert np.median(cos) > 0.95  # nearest-neighbour warping keeps each chip's pooled vector
+    both = ext.valid & one.valid
+    cos = (ext.X[both] * one.X[both]).sum(axis=1)
+    assert np.median(cos) > 0.95  # nearest-neighbour warping keeps each chip's pooled vector
 
 
 def test_external_through_index_search_probe_and_evaluation(ws, tmp_path):
@@ -286,3 +285,27 @@ def test_similarity_page_searches_an_external_representation(ws, tmp_path, monke
     assert results["chip_id"].iloc[0] == rep.chip_ids[int(np.argmax(scores))]
     shown = " ".join(str(c.value) for c in at.caption)
     assert "alphaearth" in shown and "external" in shown
+
+
+def test_probes_and_mapping_pages_use_an_external_representation(ws, tmp_path, monkeypatch):
+    path, _, _ = _alphaearth(ws, tmp_path)
+    ingest_embeddings(ws, AOI, "alphaearth", [path], product="alphaearth")
+    monkeypatch.setenv("EO_WORKSPACE", str(ws.root))
+    monkeypatch.setenv("EO_CHECKPOINT", MODEL)
+    at = AppTest.from_file(str(REPO / "app.py"), default_timeout=120)
+    at.run()
+    at.switch_page("pages/probes.py")
+    at.run()
+    at.selectbox(key="probe_rep").select("alphaearth").run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert not at.error, [e.value for e in at.error]
+    assert any("alphaearth (external embeddings)" in str(c.value) for c in at.caption)
+    assert not any("Inputs present" in str(m.value) for m in at.markdown)  # no modality to drop in it
+    at.switch_page("pages/mapping.py")
+    at.run()
+    at.text_input(key="map_new_name").input("wet").run()
+    at.button(key="map_create").click().run()
+    at.selectbox(key="map_rep").select("alphaearth").run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert not at.error, [e.value for e in at.error]
+    assert any("Representation in use: alphaearth" in str(c.value) for c in at.caption)

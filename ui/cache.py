@@ -226,16 +226,25 @@ def umap(root: str, aoi: str, model: str, key: str) -> np.ndarray:
 
 
 @st.cache_data(max_entries=8, show_spinner=False)
-def _umap_joint(root: str, aois: tuple[str, ...], model: str, key: str, stamps: tuple) -> np.ndarray:
-    embs = {a: _embeddings(root, a, model, SCENARIO_FULL, s) for a, s in zip(aois, stamps)}
+def _umap_joint(root: str, aois: tuple[str, ...], model: str, key: str, stamps: tuple, external: bool = False) -> np.ndarray:
+    if external:
+        embs = {a: _representation_embeddings(root, a, model, key, s) for a, s in zip(aois, stamps)}
+    else:
+        embs = {a: _embeddings(root, a, model, SCENARIO_FULL, s) for a, s in zip(aois, stamps)}
     return project_joint(Workspace(root), embs, model, key)
 
 
-def umap_joint(root: str, aois: "list[str] | tuple[str, ...]", model: str, key: str) -> np.ndarray:
-    """2-D UMAP of several AOIs' embeddings in one space: rows in the order of `aois`, each AOI in store order."""
+def umap_joint(root: str, aois: "list[str] | tuple[str, ...]", model: str, key: str, external: bool = False) -> np.ndarray:
+    """2-D UMAP of several AOIs' embeddings (or of one external representation) in one space: rows in the order of
+    `aois`, each AOI in store order."""
+    aois = tuple(aois)
+    if external:
+        for a in aois:
+            representation(root, a, model, key)
+        return _umap_joint(root, aois, model, key, tuple(_representation_stamp(root, a, model, key, ()) for a in aois),
+                           True)
     for a in aois:
         embeddings(root, a, model)
-    aois = tuple(aois)
     return _umap_joint(root, aois, model, key, tuple(embeddings_stamp(root, a, model) for a in aois))
 
 

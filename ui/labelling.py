@@ -18,6 +18,7 @@ import pandas as pd
 import streamlit as st
 
 from core.mapping import EXPORT_FORMATS, MapResult, MappingError, detections, export_label_set, export_map, map_provenance
+from core.representations import RepresentationError
 from data.labelsets import LabelSet, LabelSetError, list_label_sets, load_label_set, save_label_set
 from data.store import ChipStore
 from data.workspace import Workspace
@@ -247,7 +248,7 @@ def show_all_aois(root: str, aois: Sequence[str], aoi: str, model: str, represen
                 predictions = result.predictions   # the fitted AOI itself: exactly the map above
             else:
                 predictions = cache.applied_map(root, aoi, model, representation, estimator, label_set, a)
-        except (UserError, KeyError):
+        except (UserError, KeyError, RepresentationError):
             skipped.append(a)   # no embeddings (or no such representation) there yet: the others are still mapped
             continue
         geometries[a] = geometry
@@ -370,23 +371,24 @@ def thumbnail_modalities(store: ChipStore) -> list[str]:
 
 # ----------------------------------------------------------------------------------------- exports
 def _map_bytes(result: MapResult, store: ChipStore, label_set: LabelSet, threshold: float, checkpoint, modalities,
-               fmt: str, detections_only: bool) -> bytes:
+               fmt: str, detections_only: bool, external: dict | None = None) -> bytes:
     provenance = map_provenance(checkpoint=checkpoint, representation=result.representation, modalities=modalities,
-                                label_set=label_set, result=result, threshold=threshold, store=store)
+                                label_set=label_set, result=result, threshold=threshold, store=store, external=external)
     return export_map(result, store, label_set, threshold=threshold, provenance=provenance, fmt=fmt,
                       detections_only=detections_only)
 
 
 def export_buttons(result: MapResult | None, store: ChipStore, label_set: LabelSet, threshold: float, checkpoint,
-                   modalities: Sequence[str], detections_only: bool) -> None:
-    """Download buttons for the map (or its detections) and the labels; files are made on click (deferred)."""
+                   modalities: Sequence[str], detections_only: bool, external: dict | None = None) -> None:
+    """Download buttons for the map (or its detections) and the labels; files are made on click (deferred);
+    `external`: the provenance of an external representation the map was trained on."""
     stem = f"{label_set.aoi}-{label_set.name}"
     cols = st.columns(2 * len(EXPORT_FORMATS))
     for i, fmt in enumerate(EXPORT_FORMATS):
         what = "detections" if detections_only else "map"
         if result is not None:
             data = functools.partial(_map_bytes, result, store, label_set, threshold, checkpoint, list(modalities), fmt,
-                                     detections_only)
+                                     detections_only, external)
             cols[i].download_button(f"{what.capitalize()} ({fmt})", data, f"{stem}-{what}.{_SUFFIX[fmt]}", _MIME[fmt],
                                     key=f"map_dl_map_{fmt}", on_click="ignore")
         if len(label_set):

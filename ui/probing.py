@@ -110,9 +110,14 @@ def curves(ctx: Any, model: str, task: str, estimator: str, repeats: int, spec: 
     """Learning curves of the embeddings (this setting), random-init embeddings and hand-crafted features."""
     budgets = tuple(b for b in CURVE_BUDGETS if b < n_labelled * 0.7)
     metric = "f1" if estimator == "logistic" else "r2"
+    rep = spec.get("representation", "fused")
     frames = [_curve_frame(cache.curve(ctx.root, ctx.aoi, model, task=task, estimator=estimator, budgets=budgets,
-                                       repeats=repeats, **spec), "embeddings (this setting)", metric)]
-    for name, label in ((RANDOM_INIT, "random-init embeddings"), (HAND_CRAFTED, "hand-crafted features")):
+                                       repeats=repeats, **spec),
+                           "embeddings (this setting)" if rep == "fused" else f"{rep} (external)", metric)]
+    # An external representation is compared with the model's fused embeddings and the same baselines.
+    others = ((("fused", "model embeddings (fused)"),) if rep != "fused" else ()) + (
+        (RANDOM_INIT, "random-init embeddings"), (HAND_CRAFTED, "hand-crafted features"))
+    for name, label in others:
         try:
             table = cache.curve(ctx.root, ctx.aoi, model, task=task, estimator=estimator, budgets=budgets,
                                 repeats=repeats, representation=name)
