@@ -277,6 +277,13 @@ class ExternalEmbeddings:
         return isinstance(name, str) and not _builtin(name) and bool(_NAME.fullmatch(name))
 
     def load(self, req: Request) -> RepresentationVectors:
+        if not (req.ws.representation_dir(req.aoi, req.name) / "meta.json").is_file():
+            raise RepresentationError(
+                f"Unknown representation {req.name!r} for {req.aoi}.",
+                f"Use one of {list(EMBEDDING_KEYS)}, {RANDOM_INIT}[:<key>], {HAND_CRAFTED}, {list(BASELINES)}"
+                + (f", the external {list_external(req.ws, req.aoi)}" if list_external(req.ws, req.aoi) else "")
+                + f", or ingest external embeddings under that name with `python -m data.ingest embeddings "
+                  f"--aoi {req.aoi} --name {req.name} FILES...`.")
         try:
             ext = read_external(req.ws, req.aoi, req.name)
         except ExternalError as e:
@@ -296,7 +303,9 @@ class ExternalEmbeddings:
 
 
 _BUILTIN: list[RepresentationSource] = [ModelEmbeddings(), RandomInit(), HandCrafted()]
-_SOURCES: list[RepresentationSource] = [*_BUILTIN, ExternalEmbeddings()]
+_SOURCES: list[RepresentationSource] = list(_BUILTIN)
+# The catch-all for any other valid name: asked last, after every registered source.
+_EXTERNAL = ExternalEmbeddings()
 
 
 def _builtin(name: str) -> bool:
@@ -310,7 +319,7 @@ def is_external(name: str) -> bool:
 
 def external_names(ws: Workspace, aoi: str) -> list[str]:
     """Names of the external representations ingested for an AOI (what the app's pickers add to the model's)."""
-    return ExternalEmbeddings().names(ws, aoi, "")
+    return _EXTERNAL.names(ws, aoi, "")
 
 
 def external_provenance(ws: Workspace, aoi: str, name: str) -> dict:
@@ -359,6 +368,8 @@ def source_of(name: str) -> RepresentationSource:
     for source in _SOURCES:
         if source.owns(name):
             return source
+    if _EXTERNAL.owns(name):
+        return _EXTERNAL
     raise RepresentationError(f"Unknown representation {name!r}.",
                               f"Use one of {list(EMBEDDING_KEYS)}, {RANDOM_INIT}[:<key>], {HAND_CRAFTED}, {list(BASELINES)} "
                               "or the name of an external representation ([A-Za-z0-9_-]+).")
@@ -367,7 +378,8 @@ def source_of(name: str) -> RepresentationSource:
 # ----------------------------------------------------------------------------------------- API
 def list_representations(ws: Workspace, aoi: str, model: str) -> list[str]:
     """Names of the representations available for an AOI and model now (built embeddings, baselines)."""
-    return [n for source in _SOURCES for n in source.names(ws, aoi, model)]
+    names = [n for source in _SOURCES for n in source.names(ws, aoi, model)]
+    return names + [n for n in _EXTERNAL.names(ws, aoi, model) if n not in names]
 
 
 def source_files(ws: Workspace, aoi: str, model: str, name: str,
