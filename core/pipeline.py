@@ -6,7 +6,8 @@ Steps per AOI:
   ingested AOIs (any other store in the workspace) are used as they are.
 - ``embeddings``: the "full" scenario with the checkpoint (`core.embed.embed_aoi`).
 - ``index``: one FAISS index per key (each modality and fused) over the chips where it is present,
-  at `<workspace>/indexes/<aoi>/<model>/<key>/`.
+  at `<workspace>/indexes/<aoi>/<model>/<key>/`; and one per external representation of the AOI (#17,
+  `core.representations.external_index`), beside its vectors.
 - ``random-init``: embeddings of the same architecture untrained, the probes' baseline (cheap: the
   tiny model embeds a 2,025-chip AOI in ~5 s on 2 idle cores).
 
@@ -37,7 +38,7 @@ from core.embeddings import Embeddings, embeddings_state, load_embeddings, model
 from core.index import ChipIndex
 from core.progress import ProgressCallback, clamp_fraction
 from core.project import project_aoi, projection_state
-from core.representations import present_counts
+from core.representations import external_index, external_index_current, external_names, present_counts
 from data.landcover import DEFAULT_AOIS
 from data.simulate import DEFAULT_CHIPS_PER_AOI, SIMULATOR_VERSION, build_default_stores
 from data.store import ChipStore, StoreError
@@ -180,6 +181,19 @@ def _build_indexes(ws: Workspace, aoi: str, model_name: str, emb: Embeddings) ->
     return counts
 
 
+def _build_external_indexes(ws: Workspace, aoi: str) -> list[dict]:
+    """Index the AOI's external representations whose index is missing or older than their vectors."""
+    actions = []
+    for name in external_names(ws, aoi):
+        if external_index_current(ws, aoi, name):
+            continue
+        t0 = time.perf_counter()
+        external_index(ws, aoi, name)
+        actions.append({"aoi": aoi, "step": f"index:{name}", "action": "built",
+                        "seconds": round(time.perf_counter() - t0, 1)})
+    return actions
+
+
 class _Route:
     """One AOI's steps in a build: its store is opened once and its full embeddings loaded once, then shared."""
 
@@ -283,6 +297,8 @@ def build(ws: Workspace | None = None, aois: Sequence[str] | None = None, steps:
                 actions.append({"aoi": aoi, "step": step, "action": "built" if state == "missing" else "rebuilt",
                                 "seconds": round(time.perf_counter() - t0, 1)})
         else:  # index / projection: both derived from the full embeddings
+            if step == "index":
+                actions += _build_external_indexes(ws, aoi)
             state, _ = (_index_state if step == "index" else projection_state)(ws, aoi, model_name)
             if state != "built":
                 if route.embeddings_state(SCENARIO_FULL) != "built":

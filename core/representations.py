@@ -27,6 +27,7 @@ modality availability (`availability`) live here too, not in the pages.
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -334,6 +335,15 @@ def as_embeddings(vectors: RepresentationVectors, name: str, meta: Mapping | Non
     """A representation as one-key Embeddings, the input `core.search.search_chips` and the UMAP helpers take."""
     return Embeddings(np.asarray(vectors.chip_ids).astype(str), {name: vectors.X}, {name: vectors.valid},
                       dict(meta or {}))
+
+
+def external_index_current(ws: Workspace, aoi: str, name: str) -> bool:
+    """Whether an external representation's saved index matches its vectors (reads two small JSON files)."""
+    try:
+        meta = json.loads((ws.representation_index_dir(aoi, name) / "meta.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return meta.get("representation_created") == external_provenance(ws, aoi, name).get("created")
 
 
 def external_index(ws: Workspace, aoi: str, name: str, vectors: RepresentationVectors | None = None) -> ChipIndex | None:

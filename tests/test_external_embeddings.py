@@ -309,3 +309,13 @@ def test_probes_and_mapping_pages_use_an_external_representation(ws, tmp_path, m
     assert not at.exception, [e.value for e in at.exception]
     assert not at.error, [e.value for e in at.error]
     assert any("Representation in use: alphaearth" in str(c.value) for c in at.caption)
+
+
+def test_pipeline_index_step_indexes_external_representations(ws, tmp_path):
+    path, _, _ = _alphaearth(ws, tmp_path)
+    ingest_embeddings(ws, AOI, "alphaearth", [path], product="alphaearth")  # a fresh ingest: no index yet
+    assert not (ws.representation_index_dir(AOI, "alphaearth") / "meta.json").exists()
+    actions = pipeline.build(ws, [AOI], ["index"], checkpoint=ws.root / "checkpoints" / MODEL, progress=False)
+    assert ("index:alphaearth", "built") in set(zip(actions.step, actions.action))
+    again = pipeline.build(ws, [AOI], ["index"], checkpoint=ws.root / "checkpoints" / MODEL, progress=False)
+    assert "index:alphaearth" not in set(again.step)  # idempotent
