@@ -59,7 +59,6 @@ with page_guard("label & map"):
         X, valid = cache.representation(ctx.root, ctx.aoi, model, rep)[1:]
     else:
         X, valid = emb.get(rep)
-    st.caption(f"Representation in use: {space_name(rep)}.")
     result = labelling.fit(ctx.root, ctx.aoi, model, rep, estimator, label_set)
     counts = label_set.counts()
     m1, m2, m3 = st.columns(3)
@@ -96,6 +95,7 @@ with page_guard("label & map"):
                + (" Simulated AOI." if store.meta.simulated else ""))
     st.image(scale.colorbar(), width=256)
     st.caption(labelling.colorbar_numbers(scale))
+    st.caption(f"Representation in use: {space_name(rep)}.")
     if chip:
         st.caption(f"Last clicked: {chip} (label: {label_set.label_of(chip) or 'none'}).")
     if len(ctx.aois) > 1 and st.toggle("Apply to all AOIs", key=labelling.ALL_AOIS_KEY, disabled=result is None,

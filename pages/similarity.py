@@ -82,8 +82,6 @@ with page_guard("similarity search"):
         result.results.attrs["query"] = chip_id
         if skipped:
             st.caption(f"Not searched (no {space_name(target_space)} index yet): {', '.join(skipped)}.")
-    st.caption(f"Representation in use: {space_name(query_space)}"
-               + (f" → {space_name(target_space)}" if target_space != query_space else "") + ".")
 
     if result is None:
         png = cache.label_map_png(ctx.root, ctx.aoi, colour_task)
@@ -104,6 +102,8 @@ with page_guard("similarity search"):
     if result is None:
         # Below the map, so that the map does not move when the first result replaces this line.
         st.info("Click a chip on the map, or pick a chip id above, to find similar chips.")
+    st.caption(f"Representation in use: {space_name(query_space)}"
+               + (f" → {space_name(target_space)}" if target_space != query_space else "") + ".")
 
     if result is not None and scope == "all AOIs" and not result.results.empty:
         search.show_overview(ctx.root, ctx.aois, ctx.aoi, result)
