@@ -41,8 +41,11 @@ from typing import Sequence
 
 import numpy as np
 import rasterio
+from scipy.optimize import curve_fit
 
-from data.landcover import BARE, BUILTUP, CROPLAND, FOREST, GRASSLAND, WATER
+from data.landcover import BARE, BUILTUP, CROPLAND, FOREST, GRASSLAND, WATER, landcover_chips
+from data.samples import shared_data_dir
+from data.simulate import simulate_block
 
 # ----------------------------------------------------------------------------------------------------
 # Class assignment of the real samples
@@ -200,8 +203,6 @@ def decay(dt: np.ndarray, g0: float, g_inf: float, tau: float) -> np.ndarray:
 
 def fit_decay(days: Sequence[float], medians: Sequence[float]) -> tuple[float, float, float]:
     """Least-squares (g0, g_inf, tau) of `decay` through per-baseline medians (bounded to physical values)."""
-    from scipy.optimize import curve_fit
-
     x, y = np.asarray(days, dtype=np.float64), np.asarray(medians, dtype=np.float64)
     ok = np.isfinite(y)
     x, y = x[ok], y[ok]
@@ -312,9 +313,6 @@ def measure_simulated(aoi: str = SIM_AOI, seed: int = 0, chips: int = 24, chip_s
     missing) and `data.landcover.landcover_chips` (the class of every pixel). Cloud-masked (NaN) S2
     pixels are excluded. Coherence is rendered at the real stack's baselines (`SIM_COH_BASELINES`).
     """
-    from data.landcover import landcover_chips
-    from data.simulate import simulate_block
-
     coh_names = [f"VV_{d}d" for d in SIM_COH_BASELINES]
     channels = {"s2rgb": list(S2_BANDS), "s1amp": ["VV", "VH"], "coh": coh_names}
     side = 2
@@ -558,8 +556,6 @@ def render_markdown(real: dict, sim: dict) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from data.samples import shared_data_dir
-
     ap = argparse.ArgumentParser(prog="python -m data.calibration", description=__doc__.split("\n")[0])
     ap.add_argument("--shared-data", type=Path, default=None, help="folder of the real samples (default: ../shared/data)")
     ap.add_argument("--markdown", type=Path, default=None, help="write the calibration document here")

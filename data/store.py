@@ -25,6 +25,7 @@ from typing import Any, Sequence
 import geopandas as gpd
 import numpy as np
 import pandas as pd
+import shapely.geometry
 import zarr
 
 from data.modalities import LABEL_TASKS, MODALITY_KEYS, get_modality
@@ -522,6 +523,4 @@ def verify_store(path: Path, deep: bool = False) -> str:
 
 
 def _box(minx: float, miny: float, maxx: float, maxy: float):
-    from shapely.geometry import box
-
-    return box(minx, miny, maxx, maxy)
+    return shapely.geometry.box(minx, miny, maxx, maxy)

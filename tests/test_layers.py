@@ -43,3 +43,10 @@ def test_no_import_climbs_a_layer(path: Path):
         assert layer is None or layer <= own, f"{rel}:{line} imports {module} from a higher layer"
         if own <= LAYERS["training"]:
             assert module.split(".")[0] not in APP_ONLY, f"{rel}:{line} imports the app library {module}"
+
+
+def test_architecture_page_lists_every_module():
+    page = (REPO / "docs" / "ARCHITECTURE.md").read_text()
+    missing = [str(p.relative_to(REPO)) for p in _modules()
+               if p.name != "__init__.py" and f"`{p.relative_to(REPO)}`" not in page]
+    assert not missing, f"docs/ARCHITECTURE.md does not list {missing}"
