@@ -12,31 +12,80 @@ import pandas as pd
 import streamlit as st
 
 from core import pipeline
-from ui import cache, state
+from data.workspace import Workspace
+from ui import cache, state, stories
 from ui.errors import page_guard
 from ui.text import md_escape
 
 logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
-st.set_page_config(page_title="EO few-shot explorer", page_icon=":material/satellite_alt:", layout="wide")
+# While a story plays, the page is full-screen: wide layout and the sidebar collapsed.
+st.set_page_config(page_title="EO few-shot explorer", page_icon=":material/satellite_alt:", layout="wide",
+                   initial_sidebar_state="collapsed" if stories.playing() else "auto")
 
 
 def home() -> None:
-    """Home: what the system is, the AOIs of the workspace, the model card and the pipeline status."""
+    """Home: which data are simulated or real, where to start, the AOIs, the model card and the pipeline."""
     ctx = state.context()
     st.title("Few-shot Earth observation with multimodal embeddings")
-    st.markdown(
-        "A CLIP-style model embeds every chip of an area of interest from Sentinel-2 optical, Sentinel-1 SAR "
-        "amplitude and InSAR coherence, even when some of them are missing. Search similar terrain on a map, "
-        "explore the embedding space, and fit few-shot probes that approach full-label accuracy with a few "
-        "hundred labels."
-    )
+    with page_guard("home: data"):
+        _data_kinds(ctx)
+    st.markdown("Find similar terrain and map what you need from a few labelled chips, on embeddings of "
+                "Sentinel-2 optical, Sentinel-1 radar and InSAR coherence (any of them may be missing).")
+    with page_guard("home: start here"):
+        _start_here(ctx)
     with page_guard("home: AOIs"):
         _aoi_table(ctx)
     with page_guard("home: model card"):
         _model_card(ctx)
     with page_guard("home: pipeline"):
         _pipeline(ctx)
+
+
+def _data_kinds(ctx: state.AppContext) -> None:
+    """First thing on the page: which AOIs (and which model training data) are simulated and which are real."""
+    rows = [cache.aoi_summary(ctx.root, a) for a in ctx.aois]
+    by_kind = {k: [r["aoi"] for r in rows if r["kind"] == k] for k in ("simulated", "real", "unknown")}
+    parts = []
+    if by_kind["simulated"]:
+        parts.append(f"**Simulated:** {', '.join(md_escape(a) for a in by_kind['simulated'])} (generated at real "
+                     "coordinates by the simulator; not satellite observations).")
+    if by_kind["real"]:
+        parts.append(f"**Real:** {', '.join(md_escape(a) for a in by_kind['real'])} (ingested Sentinel data).")
+    if by_kind["unknown"]:
+        parts.append(f"**Unknown origin:** {', '.join(md_escape(a) for a in by_kind['unknown'])} (its description "
+                     "cannot be read, so it is called neither simulated nor real).")
+    if ctx.checkpoint is not None:
+        meta = cache.model_card(ctx.checkpoint)["meta"]
+        data = meta.get("training_data") or {}
+        trained_sim = bool(meta.get("simulated_training_data", str(data.get("source", "")).startswith("simulated")))
+        parts.append("**Model:** trained on simulated chips only." if trained_sim
+                     else "**Model:** trained on the data listed in the model card below.")
+    if not rows:
+        parts.insert(0, "No area of interest yet: build the simulated demo areas under *Pipeline* below.")
+    box = st.warning if by_kind["simulated"] else st.info
+    box("  \n".join(parts), icon=":material/science:" if by_kind["simulated"] else ":material/satellite_alt:")
+
+
+def _start_here(ctx: state.AppContext) -> None:
+    """One path through the app for a first-time user, each step a link to its page."""
+    st.subheader("Start here")
+    if not ctx.aois:
+        st.markdown("First build the workspace: press **Build missing steps** under *Pipeline* below.")
+    aoi = cache.aoi_label(ctx.root, ctx.aoi) if ctx.aoi else "none yet"
+    st.markdown(f"1. **Pick an area** in the sidebar (now: {md_escape(aoi)}).")
+    steps = (
+        ("pages/similarity.py", "2. **Click a chip** on the map: every chip is coloured by how alike it looks."),
+        ("pages/mapping.py", "3. **Label a few chips** present or absent: the map is retrained on each click."),
+        ("pages/probes.py", "4. **Watch the learning curve**: the score as labels grow, against all labels."),
+        ("pages/story.py", "5. **Tell the story**: save each view from the sidebar, then play them back."),
+    )
+    for page, text in steps:
+        left, right = st.columns([5, 2], vertical_alignment="center")
+        left.markdown(text)
+        right.page_link(state.page_target(page), label=f"Open {state.PAGE_TITLES[page]}",
+                        icon=":material/arrow_forward:")
+    st.caption("The embedding explorer shows the same chips laid out by how the model sees them.")
 
 
 def _aoi_table(ctx: state.AppContext) -> None:
@@ -130,12 +179,15 @@ def _pipeline(ctx: state.AppContext) -> None:
         if not ctx.aois:
             st.rerun()  # new stores: redraw the sidebar's AOI picker
         table = cache.pipeline_status(ctx.root, aois, ctx.checkpoint, steps)
-    wide = table.pivot(index="aoi", columns="step", values="state").reindex(columns=steps)
-    st.dataframe(wide.map(lambda v: {"built": "✅ built", "missing": "⬜ missing", "stale": "🔄 stale"}.get(v, v)), width="stretch")
-    with st.expander("Details"):
+    # Below the start path and folded while everything is built: it is a status, not where a user begins.
+    with st.expander("Status of each step" + (f" ({len(todo)} missing)" if len(todo) else ": all built"),
+                     expanded=not todo.empty):
+        wide = table.pivot(index="aoi", columns="step", values="state").reindex(columns=steps)
+        st.dataframe(wide.map(lambda v: {"built": "✅ built", "missing": "⬜ missing", "stale": "🔄 stale"}.get(v, v)),
+                     width="stretch")
         st.dataframe(table, hide_index=True, width="stretch")
-    st.caption("random-init: the same architecture untrained, embedded as the probes' baseline. The same from a "
-               "terminal: `python -m core.pipeline status` / `python -m core.pipeline build`.")
+        st.caption("Random-init is the same network untrained: the baseline the probes compare against. "
+                   "From a terminal: `python -m core.pipeline status` and `python -m core.pipeline build`.")
 
 
 def _build(ctx: state.AppContext, aois: list[str] | None, steps: list[str]) -> None:
@@ -160,16 +212,15 @@ def _build(ctx: state.AppContext, aois: list[str] | None, steps: list[str]) -> N
             box.update(label=f"Built {len(actions)} step(s).", state="complete", expanded=False)
 
 
-pages = [
-    st.Page(home, title="Home", icon=":material/home:", default=True),
-    st.Page("pages/similarity.py", title="Similarity search", icon=":material/travel_explore:"),
-    st.Page("pages/explorer.py", title="Embedding explorer", icon=":material/scatter_plot:"),
-    st.Page("pages/probes.py", title="Few-shot probes", icon=":material/model_training:"),
-    st.Page("pages/mapping.py", title="Label & map", icon=":material/edit_location_alt:"),
-]
-navigation = st.navigation(pages)
+pages = {file: st.Page(home if file == state.HOME else file, title=title, icon=icon, default=file == state.HOME)
+         for file, title, icon in state.PAGES}
+navigation = st.navigation(list(pages.values()))
+state.register_pages(pages, navigation)
 state.mark_entrypoint()
 state.follow_deep_link()
 with page_guard("sidebar"):
     state.render_sidebar()
+    stories.save_view_control(Workspace())
+with page_guard("story player"):
+    stories.player_bar(Workspace())
 navigation.run()

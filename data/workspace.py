@@ -13,6 +13,7 @@ This module is the one owner of the layout (nobody else joins folder names):
     representations/<aoi>/<name>/index/              Workspace.representation_index_dir (its FAISS index)
     evaluations/<run>/, evaluations/_features/<aoi>/ Workspace.evaluation_dir, Workspace.features_cache_dir
     labelsets/<aoi>/<name>.parquet                   Workspace.label_set_path
+    stories/<name>.json                              Workspace.story_path (saved app views, `data.stories`)
 
 and of the names in it: AOI and label-set names (`check_name`, a FULL match of [A-Za-z0-9_-]+) and
 embedding scenario names (`full`, `random-init`, `drop-<modality>-<ch1>+<ch2>`: `drop_scenario`,
@@ -148,6 +149,15 @@ class Workspace:
     def label_set_path(self, aoi: str, name: str) -> Path:
         """File of one saved label set."""
         return self.labelsets_dir(aoi) / f"{check_name(name, 'label set name')}.parquet"
+
+    @property
+    def stories_dir(self) -> Path:
+        """Folder of the saved stories (`data.stories`): one JSON file per story, shared with the workspace."""
+        return self.root / "stories"
+
+    def story_path(self, name: str) -> Path:
+        """File of one saved story."""
+        return self.stories_dir / f"{check_name(name, 'story name')}.json"
 
     def artifact_dir(self, kind: str, *parts: str) -> Path:
         """Folder for a derived artifact, e.g. `artifact_dir("embeddings", aoi, model_name)`."""

@@ -18,8 +18,8 @@ state.require_entrypoint("pages/explorer.py")
 ctx = state.context()
 st.title("Embedding explorer")
 
+# At most this many points in the scatter (a seeded random sample beyond): a browser chart of 150 K points is sluggish.
 MAX_POINTS = 20_000
-"""Points drawn in the scatter (a seeded sample beyond): a browser chart of 150 K points is sluggish."""
 
 
 with page_guard("embedding explorer"):
@@ -30,6 +30,9 @@ with page_guard("embedding explorer"):
     emb = cache.embeddings(ctx.root, ctx.aoi, model)
     keys = [k for k in SPACES if k in emb.vectors]
     externals = external_names(ctx.workspace, ctx.aoi)  # embeddings brought by the user (#17)
+    # A reload, a shared link or a story step restores the settings from the URL.
+    state.from_url("emb", "exp_key", allowed=keys + externals)
+    state.from_url("scope", "exp_scope", allowed=["this AOI", "all AOIs"])
     c1, c2, c3 = st.columns([3, 3, 2])
     key = c1.selectbox("Embedding", keys + externals, format_func=space_name, key="exp_key",
                        help="The model's embeddings (fused or one modality) or an external representation.")
@@ -55,8 +58,10 @@ with page_guard("embedding explorer"):
                    else embs[a].present[key]) for a in aois}
     known = [t for t in LABEL_TASKS if any(np.isfinite(stores[a].labels(t)).any() for a in aois)]
     options = [*known, *(["AOI"] if len(aois) > 1 else []), "modality availability"]
+    state.from_url("color", "exp_color", allowed=options)
     color = c2.selectbox("Colour by", options, key="exp_color",
                          help="A label fraction of the chip, its AOI, or which modalities the chip has.")
+    state.to_url(aoi=ctx.aoi, emb=key, color=color, scope=scope)
     if len(aois) == 1:
         with st.spinner("Computing the UMAP projection (once per AOI and embedding; stored in the workspace)…"):
             xy = (cache.umap_representation(ctx.root, ctx.aoi, model, key) if external

@@ -26,17 +26,26 @@ with page_guard("few-shot probes"):
     if not known:
         raise UserError(f"{ctx.aoi} has no labels to probe.", "Add label rasters with `python -m data.labels` or pick another AOI.")
 
+    # A reload, a shared link or a story step restores the settings from the URL.
+    state.from_url("task", "probe_task", allowed=known)
+    state.from_url("est", "probe_estimator", allowed=list(ESTIMATORS))
+    state.from_url("reps", "probe_repeats", cast=lambda v: min(max(int(v), 1), 50))
     c1, c2, c3 = st.columns([2, 2, 1])
     task = c1.selectbox("Task (chip fraction)", known, key="probe_task")
     estimator = c2.selectbox("Estimator", list(ESTIMATORS), key="probe_estimator",
                              help="ridge / random forest / kNN regress the fraction; logistic classifies 'present' chips.")
-    repeats = c3.number_input("Repeats", min_value=1, max_value=50, value=5, step=1, key="probe_repeats",
+    st.session_state.setdefault("probe_repeats", 5)
+    repeats = c3.number_input("Repeats", min_value=1, max_value=50, step=1, key="probe_repeats",
                               help="Random draws of the labelled chips; the spread is their standard deviation.")
     n_labelled = int(np.isfinite(store.labels(task)).sum())
     options = probing.budget_options(n_labelled)
-    budget_label = st.select_slider("Label budget (labelled chips)", options=options, value=probing.default_budget(options),
-                                    key="probe_budget", help="How many labelled chips the probe may learn from; 'all' = the whole pool.")
+    state.from_url("budget", "probe_budget", allowed=[str(o) for o in options],
+                   cast=lambda v: v if v == "all" else int(v))
+    if st.session_state.get("probe_budget") not in options:  # first visit, or a task with fewer labels
+        st.session_state["probe_budget"] = probing.default_budget(options)
+    budget_label = st.select_slider("Label budget (labelled chips)", options=options, key="probe_budget", help="How many labelled chips the probe may learn from; 'all' = the whole pool.")
     budget = None if budget_label == "all" else int(budget_label)
+    state.to_url(aoi=ctx.aoi, task=task, est=estimator, budget=budget_label, reps=int(repeats))
 
     externals = external_names(ctx.workspace, ctx.aoi)  # embeddings brought by the user (#17)
     rep = st.selectbox("Representation", ["fused", *externals], format_func=space_name, key="probe_rep",

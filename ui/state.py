@@ -27,6 +27,19 @@ GOTO_KEY = "_goto_page"
 GOTO_PARAMS_KEY = "_goto_query_params"
 URL_KEY = "_url_written"
 """Session key of the query parameters this session wrote itself (anything else in the URL came from a reload or a link)."""
+PAGES_KEY = "_pages"
+CURRENT_PAGE_KEY = "_current_page"
+HOME = "app.py"
+PAGES: tuple[tuple[str, str, str], ...] = (
+    (HOME, "Home", ":material/home:"),
+    ("pages/similarity.py", "Similarity search", ":material/travel_explore:"),
+    ("pages/explorer.py", "Embedding explorer", ":material/scatter_plot:"),
+    ("pages/probes.py", "Few-shot probes", ":material/model_training:"),
+    ("pages/mapping.py", "Label & map", ":material/edit_location_alt:"),
+    ("pages/story.py", "Stories", ":material/slideshow:"),
+)
+"""The app's pages, in menu order: (file, title, icon). The home page is a function of app.py."""
+PAGE_TITLES = {file: title for file, title, _ in PAGES}
 CHECKPOINT_ENV = "EO_CHECKPOINT"
 """Server-side choice of the default checkpoint (a folder name under checkpoints/ of the repo or workspace)."""
 
@@ -181,3 +194,34 @@ def to_url(**params: Any) -> None:
         if st.query_params.get(name) != text:  # unchanged values are not rewritten (no extra browser history)
             st.query_params[name] = text
         written[name] = text
+
+
+# ----------------------------------------------------------------------------------------- pages and views (stories)
+def register_pages(pages: dict[str, Any], current: Any) -> None:
+    """Remember this run's st.Page objects by file (a page made from a function can only be reached through
+    its Page object) and which page is about to run."""
+    st.session_state[PAGES_KEY] = pages
+    st.session_state[CURRENT_PAGE_KEY] = next((f for f, p in pages.items() if p.url_path == current.url_path), HOME)
+
+
+def page_target(page_file: str) -> Any:
+    """What st.switch_page / st.page_link take for a page file: its registered Page object, else the path."""
+    return st.session_state.get(PAGES_KEY, {}).get(page_file, page_file)
+
+
+def current_page() -> str:
+    """The file of the page shown in this run (app.py for home)."""
+    return st.session_state.get(CURRENT_PAGE_KEY, HOME)
+
+
+def current_view() -> tuple[str, dict[str, str]]:
+    """The view on screen as (page file, URL query parameters): what a story step saves.
+
+    The query parameters are those the page mirrored into the URL (`to_url`: AOI, query chip, label set,
+    settings); the sidebar's AOI is added when the page did not write it.
+    """
+    params = {k: str(v) for k, v in st.query_params.to_dict().items()}
+    aoi = st.session_state.get(AOI_KEY)
+    if aoi and "aoi" not in params:
+        params["aoi"] = str(aoi)
+    return current_page(), params
