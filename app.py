@@ -126,7 +126,7 @@ def _model_card(ctx: state.AppContext) -> None:
     st.markdown(
         f"**{md_escape(cfg.get('name', ctx.checkpoint.name))}**: one ViT tower per modality (width "
         f"{md_escape(cfg.get('width'))}, depth {md_escape(cfg.get('depth'))}, {md_escape(cfg.get('heads'))} heads) over "
-        f"{towers}; fused embedding = normalised mean of the present modalities."
+        f"{towers}; the fused embedding is the normalised mean of the modalities present."
     )
     if data:
         aois = ", ".join(md_escape(a) for a in data.get("aois", [])) or "n/a"

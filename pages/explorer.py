@@ -91,27 +91,34 @@ with page_guard("embedding explorer"):
     tooltip = ["AOI", "chip_id", *[f"{t}:Q" for t in known], "availability:N"]
     colour_field = color if color in known or color == "AOI" else "availability"
     chart = charts.embedding_scatter(drawn, colour_field, tooltip=tooltip)
+    # The chart's key names the AOI and scope: a selection never carries over to another AOI's points.
     event = st.altair_chart(chart, on_select="rerun", selection_mode=[charts.POINT_SELECTION, charts.BRUSH_SELECTION],
-                            key="exp_chart", width="stretch")
+                            key=f"exp_chart_{ctx.aoi}_{'all' if len(aois) > 1 else 'one'}", width="stretch")
     simulated = any(stores[a].meta.simulated for a in aois)
     st.caption("Drag a box (or click a point) to show those chips on the map; double-click to clear."
                + (f" The map shows {md_escape(cache.aoi_label(ctx.root, ctx.aoi))}; choose another AOI in the sidebar for its chips."
                   if len(aois) > 1 else "")
                + (" Simulated data." if simulated else ""))
 
-    picked = charts.selected_chip_ids(event, drawn)
+    picked, selecting = charts.selection_state(event, drawn)
     if len(aois) > 1:  # joint ids are "<aoi>:<chip_id>": the map below shows the sidebar's AOI only
         prefix = f"{ctx.aoi}:"
         picked = [c[len(prefix):] for c in picked if c.startswith(prefix)]
+    if selecting and not picked:
+        st.info("0 selected: the box holds no chip" + (" of this AOI" if len(aois) > 1 else "")
+                + ". Drag it over some points, or double-click the chart to clear it.")
     geometry = cache.geometry(ctx.root, ctx.aoi)
     task = color if color in known else (known[0] if known else None)
     values = store.labels(task) if task else np.full(len(store), np.nan)
     scale = maps.color_scale(task or "water")
     positions = store.positions_of(picked) if picked else np.array([], dtype=np.int64)
     outlines = maps.outline_records(geometry, positions[:2000].tolist(), maps.QUERY_RGBA, ["selected"] * min(len(positions), 2000))
-    st.subheader(f"Selected chips: {len(picked):,}" if picked else "Map")
+    st.subheader(f"Selected chips: {len(picked):,}" if selecting else "Map")
     deck = maps.chip_deck(geometry, values, scale, value_name=f"{task} fraction" if task else "value", highlights=outlines)
     st.pydeck_chart(deck, height=460, key="exp_map")
+    if task:
+        st.altair_chart(charts.colorbar_chart(scale, task, "share of the chip", "no label for the chip", percent=True),
+                        width="content")
     if picked:
         sel = pd.DataFrame({"aoi": ctx.aoi, "chip_id": picked[:8], "position": positions[:8], "rank": np.arange(1, min(8, len(picked)) + 1)})
         sel["score"] = np.nan

@@ -7,17 +7,33 @@ import functools
 import numpy as np
 import streamlit as st
 
+from core.diagnostics import constant_prediction
 from core.mapping import MAP_ESTIMATORS, detections
 from core.representations import external_names, external_provenance
 from core.search import SPACES, space_name
-from ui import cache, labelling, maps, state
+from ui import cache, charts, labelling, maps, state
 from ui.errors import UserError, page_guard
 
 state.require_entrypoint("pages/mapping.py")
+
+
+def _unit(title: str) -> str:
+    """The unit of the map's colour scale, from its title (see labelling.map_colours)."""
+    if title == "detected":
+        return "1 = detected, 0 = not"
+    if title.startswith("P("):
+        return "probability"
+    if title == "predicted fraction":
+        return "share of the chip"
+    if title.startswith("similarity"):
+        return "cosine similarity of the embeddings"
+    return "position along the main axis, no unit"
+
+
 ctx = state.context()
 st.title("Label & map")
-st.caption("Click chips on the map to label them, the map is retrained on every label; take the suggested chips "
-           "next, pick a threshold, export the detections and the labels.")
+st.caption("Click chips on the map to label them: the map is retrained on every label. Then label the suggested "
+           "chips, pick a threshold and export the detections and the labels.")
 
 with page_guard("label & map"):
     if ctx.aoi is None:
@@ -82,6 +98,10 @@ with page_guard("label & map"):
                     f"({result.cv_text}; {result.n_labels} labels).")
         if result.warning:
             st.warning(result.warning)
+        flat = constant_prediction(result.predictions)
+        if flat is not None:
+            st.warning(f"This map is degenerate: the model predicts the same value ({flat.value:.2f}) for every chip, "
+                       "so the map is one flat colour. Label more chips of both classes, or choose another estimator.")
 
     suggested = cache.suggestions(ctx.root, ctx.aoi, model, rep, estimator, label_set, labelling.SUGGESTIONS,
                                   result is not None)
@@ -93,8 +113,8 @@ with page_guard("label & map"):
                     selection_mode="single-object", key=key, height=540)
     st.caption(f"{legend} {labelling.legend_classes(label_set)} Click a chip to label it **{brush}**."
                + (" Simulated AOI." if store.meta.simulated else ""))
-    st.image(scale.colorbar(), width=256)
-    st.caption(labelling.colorbar_numbers(scale))
+    st.altair_chart(charts.colorbar_chart(scale, scale.title, _unit(scale.title),
+                                          f"no {space_name(rep)} embedding for the chip"), width="content")
     st.caption(f"Representation in use: {space_name(rep)}.")
     if chip:
         st.caption(f"Last clicked: {chip} (label: {label_set.label_of(chip) or 'none'}).")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import streamlit as st
 
+from core.diagnostics import calibration_table, confusion_table, constant_prediction
 from core.probes import ESTIMATORS
 from core.representations import external_names, normalise_drops
 from core.search import space_name
@@ -24,7 +25,7 @@ with page_guard("few-shot probes"):
     emb = cache.embeddings(ctx.root, ctx.aoi, model)
     known = [t for t in LABEL_TASKS if np.isfinite(store.labels(t)).any()]
     if not known:
-        raise UserError(f"{ctx.aoi} has no labels to probe.", "Add label rasters with `python -m data.labels` or pick another AOI.")
+        raise UserError(f"{ctx.aoi} has no labels to probe.", "Add label rasters to it (`python -m data.ingest labels`) or pick another AOI.")
 
     # A reload, a shared link or a story step restores the settings from the URL.
     state.from_url("task", "probe_task", allowed=known)
@@ -54,7 +55,7 @@ with page_guard("few-shot probes"):
     st.caption(f"Representation in use: {space_name(rep)}.")
     spec: dict = {"representation": rep}
     if rep == "fused":
-        st.markdown("**Inputs present at inference** (uncheck to simulate missing data)")
+        st.markdown("**Inputs the model sees** (uncheck one to simulate missing data)")
         mod_cols = st.columns(len(emb.modalities))
         dropped_modalities: list[str] = []
         dropped_channels: list[tuple[str, str]] = []
@@ -79,25 +80,51 @@ with page_guard("few-shot probes"):
     # Logistic probes predict P(fraction > threshold), not the fraction: say so wherever predictions are shown.
     presence = result.get("presence_threshold") if estimator == "logistic" else None
     predicted = f"P({task} > {presence:g})" if presence is not None else f"predicted {task} fraction"
+    pred_all = probing.all_predictions(result, len(store))
+    n_train = int(result.get("n_train") or 0)
+    flat = constant_prediction(pred_all)
+    if flat is not None:
+        shown = f"{flat.value:.0%}" if presence is not None else f"a {task} fraction of {flat.value:.0%}"
+        st.warning(f"This model is degenerate: it predicts the same value ({shown}) for every chip, so the map below "
+                   f"is one flat colour and its scores mean nothing. {n_train} labelled chips are too few for "
+                   f"{estimator}" + (" (the labelled chips were all of one class)" if presence is not None else "")
+                   + ": raise the label budget or choose another estimator.")
+    elif len(result.get("notes", ())) > 0:
+        # Some repeats drew labelled chips of one class only: their model is a constant, and it is in the averages.
+        st.warning("Some random draws are degenerate (" + "; ".join(str(n) for n in result["notes"]) + "): their "
+                   f"scores are part of the averages above. With {n_train} labelled chips, raise the label budget.")
     left, right = st.columns(2)
     with left:
         st.markdown("**Learning curve**")
-        with st.spinner("Learning curves (cached after the first time)…"):
+        with st.spinner("Computing the learning curves (once per setting)…"):
             curves, metric = probing.curves(ctx, model, task, estimator, int(repeats), spec, n_labelled)
-        st.altair_chart(charts.learning_curve_chart(curves, probing.headline(full)[1], metric), width="stretch")
-        st.caption("Bands: spread (± 1 std) over repeats. Dashed line: this setting with all labels. "
-                   "Random-init: the same architecture untrained; hand-crafted: per-channel statistics. Test chips: "
-                   "whole squares of the AOI grid held out (a spatially blocked split), as in the evaluation.")
+        st.altair_chart(charts.learning_curve_chart(curves, probing.headline(full)[1], metric, current_budget=n_train),
+                        width="stretch")
+        st.caption(f"Red line: your budget ({n_train:,} labelled chips). Bands: spread (± 1 std) over the repeats. "
+                   "Dashed line: this setting with all labels. Random-init: the same network untrained; hand-crafted: "
+                   "per-channel statistics. Test chips are whole squares of the area held out, as in the evaluation.")
+    y_true, y_pred = probing.test_pairs(result, store.labels(task))
     with right:
-        st.markdown("**Predicted vs true** (held-out chips, first draw)")
-        y_true, y_pred = probing.test_pairs(result, store.labels(task))
-        st.altair_chart(charts.predicted_vs_true_chart(y_true, y_pred, task, predicted_title=predicted), width="stretch")
+        if presence is None:
+            st.markdown("**Predicted vs true** (held-out chips, first random draw)")
+            st.altair_chart(charts.predicted_vs_true_chart(y_true, y_pred, task, predicted_title=predicted),
+                            width="stretch")
+            st.caption("Each dot is a held-out chip; on the dashed line the prediction equals the truth.")
+        else:
+            # A presence probability is compared with presence, not with the fraction: calibration and confusion.
+            truly = np.where(np.isfinite(y_true), (y_true > presence).astype(np.float64), np.nan)
+            st.markdown(f"**Calibration of {predicted}** (held-out chips, first random draw)")
+            st.altair_chart(charts.calibration_chart(calibration_table(y_pred, truly), task, presence), width="stretch")
+            st.caption("Chips grouped by predicted probability: on the dashed line, a predicted 30 % is present 30 % "
+                       "of the time. Dot size: chips in the group.")
+            st.dataframe(confusion_table(y_pred, truly, 0.5), width="stretch")
+            st.caption(f"Chips counted at P ≥ 0.5 (the threshold behind F1); present means {task} > {presence:g} of "
+                       "the chip.")
 
-    st.markdown(f"**{predicted[0].upper() + predicted[1:]} over the AOI** (first draw)"
+    st.markdown(f"**{predicted[0].upper() + predicted[1:]} over the AOI** (first random draw)"
                 + (" · simulated AOI" if store.meta.simulated else ""))
     show_error = st.toggle("Show the error (predicted - true) instead", key="probe_map_error",
                            help="For logistic: P(present) minus 1 where the chip's fraction is above the threshold, else 0.")
-    pred_all = probing.all_predictions(result, len(store))
     grid = cache.grid(ctx.root, ctx.aoi)
     if show_error:
         truth = store.labels(task)
@@ -105,8 +132,17 @@ with page_guard("few-shot probes"):
             truth = np.where(np.isfinite(truth), (truth > presence).astype(np.float64), np.nan)
         err = pred_all - truth
         lim = float(np.nanmax(np.abs(err))) if np.isfinite(err).any() else 1.0
-        scale, values, name = maps.color_scale("prediction-error", -lim, lim, title="error"), err, "error"
+        lim = lim if lim > 0 else 1.0
+        scale, values = maps.color_scale("prediction-error", -lim, lim, title="predicted − true"), err
+        units = "probability − presence (0 or 1)" if presence is not None else "share of the chip"
+        grey = "grey: no label or no prediction for the chip."
+        note = "Blue: predicted too low; red: predicted too high; white: right."
     else:
-        scale, values, name = maps.color_scale(task if task in LABEL_TASKS else "water"), pred_all, predicted
+        scale = maps.color_scale(task if task in LABEL_TASKS else "water", title=predicted)
+        values = pred_all
+        units = "probability" if presence is not None else "share of the chip"
+        grey = "grey: no prediction (the chip lacks the inputs)."
+        note = ""
     # A raster, one pixel per chip: the same cost at 150 K chips as at 2 K (see ui/rastermap.py).
-    rastermap.score_map(grid, values, scale, units=name, key="probe_map", height=440)
+    rastermap.score_map(grid, values, scale, units=units, key="probe_map", height=440)
+    st.caption(" ".join(t for t in (grey[0].upper() + grey[1:], note) if t))

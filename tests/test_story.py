@@ -187,3 +187,75 @@ def test_play_a_two_step_story(ws):
     at.button(key="story_exit").click().run()
     assert_clean(at)
     assert at.title[0].value == "Stories" and "story_play" not in at.session_state
+
+
+# ----------------------------------------------------------------------------------------- legends, plots, messages
+def _specs(at: AppTest) -> list[str]:
+    return [json.dumps(json.loads(e.proto.spec), ensure_ascii=False) for e in at.get("vega_lite_chart")]
+
+
+def test_probes_mark_the_budget_and_give_the_map_a_legend_with_numbers_units_and_grey(ws):
+    at = _open("pages/probes.py")
+    at.select_slider(key="probe_budget").set_value(10).run()
+    assert_clean(at)
+    specs = _specs(at)
+    assert any("#d62728" in s for s in specs), "the current budget is not marked on the learning curve"
+    bar = next(s for s in specs if "grey: " in s)
+    assert "share of the chip" in bar and "no prediction" in bar and '".0%"' in bar
+    at.toggle(key="probe_map_error").set_value(True).run()
+    assert_clean(at)
+    bar = next(s for s in _specs(at) if "grey: " in s)
+    assert "predicted − true" in bar and "no label or no prediction" in bar
+    assert any("predicted too low" in t for t in texts(at.caption))
+
+
+def test_logistic_probe_gets_calibration_and_confusion_not_probability_vs_fraction(ws):
+    at = _open("pages/probes.py")
+    at.selectbox(key="probe_estimator").set_value("logistic").run()
+    assert_clean(at)
+    assert any("Calibration of P(vegetation > 0.05)" in t for t in texts(at.markdown))
+    assert not any("Predicted vs true" in t for t in texts(at.markdown))
+    assert any("observed share of chips with vegetation > 0.05" in s for s in _specs(at))
+    confusion = next(d.value for d in at.dataframe if "predicted present" in d.value.columns)
+    assert list(confusion.index) == ["truly present", "truly absent"]
+    assert int(confusion.to_numpy().sum()) > 0
+
+
+def test_degenerate_model_says_so(ws):
+    at = _open("pages/probes.py")
+    # Every chip of this AOI holds some cropland: a presence classifier can only answer "present" everywhere.
+    at.selectbox(key="probe_task").set_value("cropland").run()
+    at.selectbox(key="probe_estimator").set_value("logistic").run()
+    assert_clean(at)
+    warned = [t for t in texts(at.warning) if "degenerate" in t]
+    assert warned and "same value (100%) for every chip" in warned[0] and "raise the label budget" in warned[0]
+    # Built-up at 5 labels (6 % of the chips are built up): some draws hold absent chips only.
+    at.selectbox(key="probe_task").set_value("builtup").run()
+    at.select_slider(key="probe_budget").set_value(5).run()
+    assert_clean(at)
+    assert any("Some random draws are degenerate" in t and "only absent chips" in t for t in texts(at.warning))
+    at.selectbox(key="probe_estimator").set_value("ridge").run()
+    assert not any("degenerate" in t for t in texts(at.warning))
+
+
+def test_explorer_has_no_developer_note_a_map_legend_and_a_selection_per_aoi(ws):
+    at = _open("pages/explorer.py")
+    shown = texts(at.markdown) + texts(at.caption)
+    assert not any("seeded sample" in t or "sluggish" in t for t in shown)
+    bar = next(s for s in _specs(at) if "grey: " in s)
+    assert "share of the chip" in bar and "no label for the chip" in bar
+    scatter_id = at.get("vega_lite_chart")[0].proto.id
+    assert "exp_chart_conus" in scatter_id  # the selection belongs to this AOI's chart
+
+
+def test_empty_box_selection_is_zero_selected():
+    import pandas as pd
+
+    from ui import charts
+
+    points = pd.DataFrame({"chip_id": ["a", "b"], "x": [0.0, 1.0], "y": [0.0, 1.0]})
+    empty = {"selection": {charts.BRUSH_SELECTION: {"x": [5.0, 6.0], "y": [5.0, 6.0]}}}
+    assert charts.selection_state(empty, points) == ([], True)
+    around_a = {"selection": {charts.BRUSH_SELECTION: {"x": [-0.5, 0.5], "y": [-0.5, 0.5]}}}
+    assert charts.selection_state(around_a, points) == (["a"], True)
+    assert charts.selection_state({"selection": {}}, points) == ([], False)

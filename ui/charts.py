@@ -1,4 +1,5 @@
-"""Altair charts of the app: the UMAP scatter with selections, learning curves, predicted vs true."""
+"""Altair charts of the app: the UMAP scatter with selections, learning curves, predicted vs true, calibration,
+and colour bars (numbers, units and what grey means) for the chip maps."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import numpy as np
 import pandas as pd
 
 from data.modalities import LABEL_TASKS
+from ui.maps import NAN_RGBA, ColorScale
 
 POINT_SELECTION = "picked"
 BRUSH_SELECTION = "brush"
@@ -41,27 +43,35 @@ def embedding_scatter(points: pd.DataFrame, color: str, *, tooltip: Sequence[str
     )
 
 
-def selected_chip_ids(event: object, points: pd.DataFrame) -> list[str]:
-    """Chip ids selected in an embedding_scatter: the clicked point, else the points inside the box."""
+def selection_state(event: object, points: pd.DataFrame) -> tuple[list[str], bool]:
+    """(chip ids selected in an embedding_scatter, whether a selection is active): the clicked point, else the
+    points inside the box. A box over empty space is active with no ids ("0 selected")."""
     selection = getattr(event, "selection", None)
     if selection is None and isinstance(event, dict):
         selection = event.get("selection")
     if not selection:
-        return []
+        return [], False
     picked = selection.get(POINT_SELECTION) or []
     ids = [str(p["chip_id"]) for p in picked if isinstance(p, dict) and "chip_id" in p]
     if ids:
-        return ids
+        return ids, True
     box = selection.get(BRUSH_SELECTION) or {}
     if "x" in box and "y" in box:
         (x0, x1), (y0, y1) = sorted(box["x"]), sorted(box["y"])
         inside = points["x"].between(x0, x1) & points["y"].between(y0, y1)
-        return points.loc[inside, "chip_id"].astype(str).tolist()
-    return []
+        return points.loc[inside, "chip_id"].astype(str).tolist(), True
+    return [], False
 
 
-def learning_curve_chart(curves: pd.DataFrame, full_score: float | None, metric: str, height: int = 360) -> alt.LayerChart:
-    """Score vs label budget (log axis): one line with a ± 1 std band per series, and the full-label line.
+def selected_chip_ids(event: object, points: pd.DataFrame) -> list[str]:
+    """Chip ids selected in an embedding_scatter: the clicked point, else the points inside the box."""
+    return selection_state(event, points)[0]
+
+
+def learning_curve_chart(curves: pd.DataFrame, full_score: float | None, metric: str, height: int = 360,
+                         current_budget: float | None = None) -> alt.LayerChart:
+    """Score vs label budget (log axis): one line with a ± 1 std band per series, the full-label line, and a
+    vertical mark at the budget chosen on the page.
 
     `curves` has columns budget, series, mean, lo, hi.
     """
@@ -87,6 +97,11 @@ def learning_curve_chart(curves: pd.DataFrame, full_score: float | None, metric:
         layers.append(
             alt.Chart(rule).mark_text(align="left", dx=4, dy=-6, color="#444").encode(y="score:Q", x=alt.value(4), text="label:N")
         )
+    if current_budget is not None and np.isfinite(current_budget) and current_budget > 0:
+        mark = pd.DataFrame({"budget": [float(current_budget)]})
+        layers.append(alt.Chart(mark).mark_rule(color="#d62728", strokeWidth=2).encode(x="budget:Q"))
+        layers.append(alt.Chart(mark).mark_text(align="left", dx=4, baseline="top", color="#d62728")
+                      .encode(x="budget:Q", y=alt.value(4), text=alt.value(f"your budget: {current_budget:,.0f}")))
     return alt.layer(*layers).properties(height=height)
 
 
@@ -109,3 +124,57 @@ def predicted_vs_true_chart(y_true: np.ndarray, y_pred: np.ndarray, task: str, h
         x="true:Q", y="predicted:Q"
     )
     return alt.layer(diag, dots).properties(height=height)
+
+
+def calibration_chart(table: pd.DataFrame, task: str, threshold: float, height: int = 360) -> alt.LayerChart:
+    """Calibration of a presence probability (core.diagnostics.calibration_table): mean predicted probability per
+    bin against the observed share of present chips, dot size = chips in the bin; on y = x it is calibrated."""
+    what = f"{task} > {threshold:g}"
+    axis = alt.Scale(domain=[0, 1])
+    dots = (
+        alt.Chart(table)
+        .mark_circle(opacity=0.8, color="#1f77b4")
+        .encode(
+            x=alt.X("predicted:Q", title=f"predicted P({what})", scale=axis, axis=alt.Axis(format=".0%")),
+            y=alt.Y("observed:Q", title=f"observed share of chips with {what}", scale=axis, axis=alt.Axis(format=".0%")),
+            size=alt.Size("chips:Q", title="chips in bin", scale=alt.Scale(range=[30, 400])),
+            tooltip=[alt.Tooltip("bin_lo:Q", format=".1f", title="from"), alt.Tooltip("bin_hi:Q", format=".1f", title="to"),
+                     alt.Tooltip("predicted:Q", format=".2f"), alt.Tooltip("observed:Q", format=".2f"),
+                     alt.Tooltip("chips:Q")],
+        )
+    )
+    line = dots.mark_line(color="#1f77b4", opacity=0.5).encode(size=alt.value(1.5))
+    diag = alt.Chart(pd.DataFrame({"predicted": [0.0, 1.0], "observed": [0.0, 1.0]})).mark_line(
+        color="#888", strokeDash=[4, 4]).encode(x="predicted:Q", y="observed:Q")
+    return alt.layer(diag, line, dots).properties(height=height)
+
+
+def _hex(rgb) -> str:
+    return "#{:02x}{:02x}{:02x}".format(*(int(c) for c in rgb[:3]))
+
+
+def colorbar_chart(scale: ColorScale, title: str, unit: str, grey: str, *, percent: bool = False,
+                   width: int = 320) -> alt.HConcatChart:
+    """A map's colour bar with numbers on its axis, the unit in its title, and a grey swatch saying what grey means.
+
+    `percent` labels a 0..1 scale as percentages (fractions of a chip).
+    """
+    n = 64
+    edges = np.linspace(scale.lo, scale.hi, n + 1)
+    idx = np.linspace(0, len(scale.lut) - 1, n).round().astype(int)
+    bar = pd.DataFrame({"x0": edges[:-1], "x1": edges[1:], "colour": [_hex(scale.lut[i]) for i in idx]})
+    axis = alt.Axis(format=".0%" if percent else "~g", tickCount=5, title=f"{title} ({unit})" if unit else title)
+    ramp = (
+        alt.Chart(bar)
+        .mark_rect()
+        .encode(x=alt.X("x0:Q", axis=axis, scale=alt.Scale(domain=[scale.lo, scale.hi], nice=False, zero=False)),
+                x2="x1:Q", color=alt.Color("colour:N", scale=None, legend=None))
+        .properties(width=width, height=14)
+    )
+    swatch = pd.DataFrame({"x": [0]})
+    nodata = alt.layer(
+        alt.Chart(swatch).mark_rect(color=_hex(NAN_RGBA), width=14, height=14).encode(x=alt.X("x:Q", axis=None)),
+        alt.Chart(swatch).mark_text(align="left", dx=10, fontSize=12).encode(x=alt.X("x:Q", axis=None),
+                                                                               text=alt.value(f"grey: {grey}")),
+    ).properties(width=240, height=14)
+    return alt.hconcat(ramp, nodata, spacing=24).configure_view(stroke=None)
