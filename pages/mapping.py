@@ -32,8 +32,8 @@ def _unit(title: str) -> str:
 
 ctx = state.context()
 st.title("Label & map")
-st.caption("Click chips on the map to label them: the map is retrained on every label. Then label the suggested "
-           "chips, pick a threshold and export the detections and the labels.")
+st.caption("Click chips on the map to label them: the map retrains on every label. Then label the suggested chips, "
+           "set a threshold and export.")
 
 with page_guard("label & map"):
     if ctx.aoi is None:
