@@ -26,6 +26,7 @@ from torch import nn
 
 from core.model import ModelConfig, MultiModalViT, count_parameters
 from data.atomic import atomic_dir
+from data.cli import KnownError
 
 REPO = Path(__file__).resolve().parents[1]
 SHIPPED_CHECKPOINT = REPO / "checkpoints" / "tiny-sim"
@@ -35,7 +36,7 @@ META = "meta.json"
 TRAIN_STATE = "train_state.pt"
 
 
-class CheckpointError(Exception):
+class CheckpointError(KnownError):
     """A checkpoint is missing, damaged, or does not match the model that was asked for."""
 
 

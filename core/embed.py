@@ -43,6 +43,7 @@ from core.embeddings import (
 from core.model import ModelConfig, MultiModalViT
 from core.progress import ProgressCallback
 from data.atomic import atomic_write_bytes, atomic_write_json
+from data.cli import CliError, command_line
 from data.dataset import ChipDataset, to_model_channels
 from data.store import ChipStore
 from data.workspace import SCENARIO_FULL, SCENARIO_RANDOM, Workspace, parse_scenario
@@ -300,6 +301,7 @@ def _merge(work: Path, out: Path, shards: list[tuple[int, int]], keys: list[str]
 
 
 # ----------------------------------------------------------------------------------------- CLI
+@command_line
 def main(argv: Sequence[str] | None = None) -> int:
     """Command line: embed AOI stores of a workspace with a checkpoint."""
     ap = argparse.ArgumentParser(
@@ -327,9 +329,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ws = Workspace(args.workspace)
     aois = args.aoi or ws.list_stores()
     if not aois:
-        print(f"error: no chip stores in {ws.stores_dir}; build them with `python -m core.pipeline build` "
-              "or `python -m data.simulate`", file=sys.stderr)
-        return 2
+        raise CliError(f"no chip stores in {ws.stores_dir}; build them with `python -m core.pipeline build` "
+                       "or `python -m data.simulate`")
     scenarios: list[str] = []
     for s in args.scenario:
         scenarios += drop_scenarios(read_config(args.checkpoint)) if s == "all-drops" else [s]
@@ -337,8 +338,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             parse_scenario(s)
         except ValueError as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 2
+            raise CliError(str(e)) from None
     with distributed.distributed(args.device) as ctx:  # one process group for every AOI
         _embed_all(ws, aois, scenarios, args, ctx.rank)
     return 0

@@ -26,6 +26,7 @@ import torch
 from core.checkpoint import SHIPPED_CHECKPOINT, CheckpointError, checkpoint_digest, read_config
 from core.model import ModelConfig, fuse
 from data.atomic import atomic_dir
+from data.cli import KnownError
 from data.store import ChipStore
 from data.workspace import SCENARIO_FULL, SCENARIO_RANDOM, Workspace, drop_scenario
 
@@ -33,7 +34,7 @@ FORMAT_VERSION = 1
 RANDOM_INIT_SEED = 0
 
 
-class EmbeddingError(Exception):
+class EmbeddingError(KnownError):
     """Embeddings are missing, incomplete or do not match the store: the message says which command fixes it."""
 
 

@@ -80,6 +80,7 @@ from core.protocol import (
 from core.representations import RepresentationError, is_external, load_representation
 from core.report import docs_page, dropout_markdown, summary_markdown
 from data.atomic import atomic_write_bytes, atomic_write_json, atomic_write_text
+from data.cli import KnownError, command_line
 from data.modalities import LABEL_TASKS
 from data.store import ChipStore
 from data.workspace import Workspace, parse_scenario
@@ -87,7 +88,7 @@ from data.workspace import Workspace, parse_scenario
 FEATURES_VERSION = 2
 
 
-class EvaluationError(Exception):
+class EvaluationError(KnownError):
     """The evaluation cannot run (no stores, bad budgets): the message says the fix."""
 
 
@@ -499,6 +500,7 @@ def run_evaluation(ws: Workspace, *, aois: Sequence[str] | None = None,
     return out
 
 
+@command_line
 def main(argv: Sequence[str] | None = None) -> int:
     """Command line: the paper-style evaluation of a workspace."""
     ap = argparse.ArgumentParser(
@@ -547,23 +549,19 @@ def main(argv: Sequence[str] | None = None) -> int:
                     help="also write the report as a documentation page (how docs/EVALUATION.md is made)")
     args = ap.parse_args(argv)
     checkpoints = args.checkpoint or [str(SHIPPED_CHECKPOINT)]
-    try:
-        budgets = QUICK_BUDGETS if args.quick else parse_budgets(args.budgets)
-        repeats = 3 if args.quick else args.repeats
-        split_seeds = args.split_seeds or ([args.seed] if args.quick else None)
-        dropout_budget = min(args.dropout_budget, 100) if args.quick else args.dropout_budget
-        name = "_".join(model_name_of(c) for c in checkpoints)
-        out = run_evaluation(Workspace(args.workspace), aois=args.aoi, checkpoint=checkpoints,
-                             run_name=args.run_name or (f"{name}-{args.estimator}-quick" if args.quick else None),
-                             budgets=budgets, repeats=repeats, estimator=args.estimator, seed=args.seed,
-                             tasks=args.tasks, dropout_budget=dropout_budget,
-                             dropout_channels=not (args.quick or args.no_channel_dropout), progress=not args.quiet,
-                             split_seeds=split_seeds, block=args.block, buffer=args.buffer,
-                             representations=args.representations, dropout=not args.no_dropout,
-                             test_fraction=args.test_fraction)
-    except (EvaluationError, ProbeError, RepresentationError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    budgets = QUICK_BUDGETS if args.quick else parse_budgets(args.budgets)
+    repeats = 3 if args.quick else args.repeats
+    split_seeds = args.split_seeds or ([args.seed] if args.quick else None)
+    dropout_budget = min(args.dropout_budget, 100) if args.quick else args.dropout_budget
+    name = "_".join(model_name_of(c) for c in checkpoints)
+    out = run_evaluation(Workspace(args.workspace), aois=args.aoi, checkpoint=checkpoints,
+                         run_name=args.run_name or (f"{name}-{args.estimator}-quick" if args.quick else None),
+                         budgets=budgets, repeats=repeats, estimator=args.estimator, seed=args.seed,
+                         tasks=args.tasks, dropout_budget=dropout_budget,
+                         dropout_channels=not (args.quick or args.no_channel_dropout), progress=not args.quiet,
+                         split_seeds=split_seeds, block=args.block, buffer=args.buffer,
+                         representations=args.representations, dropout=not args.no_dropout,
+                         test_fraction=args.test_fraction)
     print((out / "summary.md").read_text())
     print(f"written: {out}")
     if args.docs:

@@ -31,6 +31,7 @@ from typing import Mapping, Sequence
 import numpy as np
 from tqdm import tqdm
 
+from data.cli import KnownError
 from data.modalities import get_modality
 from data.store import ChipStore
 
@@ -43,7 +44,7 @@ _PARTS: tuple[str, ...] = ("stats", "hist", "hist-q", "texture")
 EDGE_SAMPLE_CHIPS = 256
 
 
-class FeatureError(ValueError):
+class FeatureError(KnownError, ValueError):
     """Bad request for hand-crafted features (unknown modality/channel, bad positions)."""
 
 

@@ -36,6 +36,7 @@ import faiss
 import numpy as np
 
 from data.atomic import atomic_dir
+from data.cli import KnownError
 
 KINDS = ("auto", "flat", "hnsw", "ivfpq")
 AUTO_FLAT_MAX = 200_000
@@ -62,7 +63,7 @@ DEFAULT_PARAMS: dict[str, dict[str, Any]] = {
 SEARCH_PARAMS = {"hnsw": ("efSearch",), "ivfpq": ("nprobe", "k_factor")}
 
 
-class ChipIndexError(ValueError):
+class ChipIndexError(KnownError, ValueError):
     """Bad input to the index (shape, dimension, k, unknown chip id, NaN): the message says the fix."""
 
 

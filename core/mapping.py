@@ -45,6 +45,7 @@ from core.embeddings import EmbeddingError, Embeddings, checkpoint_sha, load_emb
 from core.probes import KNN_K, RF_TREES, RIDGE_ALPHAS
 from core.representations import RepresentationError, external_provenance, is_external, load_representation
 from data.atomic import atomic_write_bytes
+from data.cli import KnownError, command_line
 from data.labelsets import (
     LabelSet,
     LabelSetError,
@@ -54,7 +55,7 @@ from data.labelsets import (
     parquet_bytes,
     read_label_file,
 )
-from data.store import ChipStore, StoreError
+from data.store import ChipStore
 from data.workspace import SCENARIO_FULL, Workspace
 
 MAP_ESTIMATORS: tuple[str, ...] = ("logistic", "random_forest", "knn", "ridge")
@@ -64,7 +65,7 @@ MAX_FOLDS = 5
 TOOL = "eofewshot"
 
 
-class MappingError(ValueError):
+class MappingError(KnownError, ValueError):
     """The map cannot be fitted or exported as asked: the one-line message says what to change."""
 
 
@@ -583,15 +584,11 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
+@command_line(also=(ValueError, KeyError))  # a label file's unknown chip ids / bad values
 def main(argv: Sequence[str] | None = None) -> int:
     """Command line entry point; errors print one line and exit 2."""
     args = build_parser().parse_args(argv)
-    try:
-        return args.func(args)
-    except (LabelSetError, MappingError, EmbeddingError, StoreError, ValueError, KeyError, OSError) as e:
-        msg = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
-        print(f"error: {' '.join(msg.split())}", file=sys.stderr)
-        return 2
+    return args.func(args)
 
 
 if __name__ == "__main__":

@@ -39,6 +39,7 @@ from core.index import ChipIndex
 from core.progress import ProgressCallback, clamp_fraction
 from core.project import project_aoi, projection_state
 from core.representations import external_index, external_index_current, external_names, present_counts
+from data.cli import KnownError, command_line
 from data.landcover import DEFAULT_AOIS
 from data.simulate import DEFAULT_CHIPS_PER_AOI, SIMULATOR_VERSION, build_default_stores
 from data.store import ChipStore, StoreError
@@ -51,7 +52,7 @@ STEPS: tuple[str, ...] = ("store", "embeddings", "index", "random-init", "projec
 DEFAULT_STEPS: tuple[str, ...] = STEPS
 
 
-class PipelineError(Exception):
+class PipelineError(KnownError):
     """A pipeline step cannot run (missing checkpoint, broken store): the message says the fix."""
 
 
@@ -319,6 +320,7 @@ def build(ws: Workspace | None = None, aois: Sequence[str] | None = None, steps:
 
 
 # ----------------------------------------------------------------------------------------- CLI
+@command_line(also=(ValueError,))  # ValueError: settings such as --chips-per-aoi checked by the simulator
 def main(argv: Sequence[str] | None = None) -> int:
     """Command line: `build` the workspace (idempotent) or show its `status`."""
     ap = argparse.ArgumentParser(
@@ -352,12 +354,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(table.to_string(index=False))
         return 0
     t0 = time.perf_counter()
-    try:
-        actions = build(ws, args.aoi, args.steps, checkpoint=args.checkpoint, chips_per_aoi=args.chips_per_aoi,
-                        chip_size=args.chip_size, workers=args.workers, progress=not args.quiet)
-    except (PipelineError, StoreError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    actions = build(ws, args.aoi, args.steps, checkpoint=args.checkpoint, chips_per_aoi=args.chips_per_aoi,
+                    chip_size=args.chip_size, workers=args.workers, progress=not args.quiet)
     seconds = time.perf_counter() - t0
     if actions.empty:
         print(f"workspace {ws.root} is up to date: nothing to build ({seconds:.1f} s)")

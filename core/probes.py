@@ -36,6 +36,7 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.utils.validation import check_is_fitted
 
+from data.cli import KnownError
 from data.modalities import LABEL_TASKS
 
 REGRESSION_METRICS: tuple[str, ...] = ("r2", "mae", "pearson_r")
@@ -48,7 +49,7 @@ RF_TREES = 100
 MIN_BUDGET = 2
 
 
-class ProbeError(ValueError):
+class ProbeError(KnownError, ValueError):
     """Bad probe input (unknown task/estimator, impossible budget, NaN features...): the message says how to fix it."""
 
 

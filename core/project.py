@@ -28,6 +28,7 @@ import numpy as np
 from data.atomic import atomic_write_bytes, atomic_write_json
 from core.embeddings import EmbeddingError, Embeddings, load_embeddings
 from core.representations import load_representation
+from data.cli import KnownError
 from data.workspace import ALL_AOIS, SCENARIO_FULL, Workspace
 
 FORMAT_VERSION = 1
@@ -36,7 +37,7 @@ MIN_POINTS = 4
 """UMAP needs a handful of points to build a neighbour graph; fewer is an error, not a silent layout."""
 
 
-class ProjectionError(ValueError):
+class ProjectionError(KnownError, ValueError):
     """A projection cannot be made (too few present rows, bad vectors, missing embeddings): the message says why."""
 
 

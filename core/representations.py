@@ -40,6 +40,7 @@ from core.features import BASELINES, baseline_features, handcrafted_features
 from core.index import ChipIndex, IndexLoadError
 from core.model import fuse
 from data.external import ExternalError, list_external, read_external
+from data.cli import KnownError
 from data.modalities import MODALITY_KEYS
 from data.store import ChipStore
 from data.workspace import SCENARIO_FULL, SCENARIO_RANDOM, Workspace, drop_scenario
@@ -55,7 +56,7 @@ EmbeddingsLoader = Callable[[str], Embeddings]
 Drops = tuple[tuple[str, ...], tuple[tuple[str, str], ...]]
 
 
-class RepresentationError(ValueError):
+class RepresentationError(KnownError, ValueError):
     """A representation cannot be made as asked: `message` says what is wrong, `fix` what to do."""
 
     def __init__(self, message: str, fix: str = "") -> None:

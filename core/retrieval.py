@@ -26,8 +26,9 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from core.checkpoint import SHIPPED_CHECKPOINT, CheckpointError, read_model_card
+from core.checkpoint import SHIPPED_CHECKPOINT, read_model_card
 from core.embed import embed_positions, load_model
+from data.cli import KnownError, command_line
 from data.landcover import DEFAULT_AOIS
 from data.simulate import cached_store, grid_shape
 from data.store import ChipStore
@@ -38,7 +39,7 @@ DEFAULT_CHIPS = 512
 DEMO_SEED = 0  # the workspace's demo AOIs: never trained on either
 
 
-class RetrievalError(Exception):
+class RetrievalError(KnownError):
     """Retrieval cannot run as asked (a training seed, no modality pair): the message says the fix."""
 
 
@@ -169,6 +170,7 @@ def markdown(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+@command_line
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
         prog="python -m core.retrieval",
@@ -187,13 +189,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--json", default=None, help="also write the table and settings to this JSON file")
     ap.add_argument("--allow-training-seed", action="store_true", help="do not refuse a training seed")
     args = ap.parse_args(argv)
-    try:
-        res = run_retrieval(args.checkpoint, seed=args.seed, chips=args.chips, aois=args.aois, ks=args.k,
-                            cache_dir=args.cache_dir, device=args.device,
-                            allow_training_seed=args.allow_training_seed)
-    except (RetrievalError, CheckpointError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    res = run_retrieval(args.checkpoint, seed=args.seed, chips=args.chips, aois=args.aois, ks=args.k,
+                        cache_dir=args.cache_dir, device=args.device, allow_training_seed=args.allow_training_seed)
     print(markdown(res))
     if args.json:
         Path(args.json).write_text(json.dumps({"settings": res["settings"],

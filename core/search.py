@@ -16,10 +16,11 @@ import pandas as pd
 
 from core.embeddings import Embeddings
 from core.index import ChipIndex, query_vector, top_k
+from data.cli import KnownError
 from data.modalities import MODALITY_KEYS, get_modality
 
 
-class SearchError(ValueError):
+class SearchError(KnownError, ValueError):
     """A search cannot run as asked: `message` says what is wrong, `fix` what to change."""
 
     def __init__(self, message: str, fix: str = "") -> None:

@@ -43,6 +43,7 @@ import numpy as np
 import rasterio
 from scipy.optimize import curve_fit
 
+from data.cli import command_line
 from data.landcover import BARE, BUILTUP, CROPLAND, FOREST, GRASSLAND, WATER, landcover_chips
 from data.samples import shared_data_dir
 from data.simulate import simulate_block
@@ -555,6 +556,7 @@ def render_markdown(real: dict, sim: dict) -> str:
     return "\n".join(L) + "\n"
 
 
+@command_line
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m data.calibration", description=__doc__.split("\n")[0])
     ap.add_argument("--shared-data", type=Path, default=None, help="folder of the real samples (default: ../shared/data)")

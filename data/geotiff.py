@@ -28,11 +28,13 @@ from rasterio.vrt import WarpedVRT
 from rasterio.warp import transform_bounds
 from rasterio.windows import Window
 
+from data.cli import KnownError
+
 INDEX_CRS = "EPSG:4326"
 _GEOD = Geod(ellps="WGS84")
 
 
-class IngestError(Exception):
+class IngestError(KnownError):
     """Input data cannot be ingested; the message says what is wrong and how to fix it."""
 
 

@@ -28,6 +28,7 @@ from pathlib import Path
 
 from data import external
 from data import labels as labels_module
+from data.cli import command_line
 from data.geotiff import IngestError
 from data.labels import add_label_arguments, attach_labels, label_sources
 from data.readers import bigearthnet, coherence, m3leo, mosaic, sen1floods11
@@ -242,14 +243,10 @@ def run(args: argparse.Namespace) -> IngestResult | None:
     return res
 
 
+@command_line
 def main(argv: list[str] | None = None) -> int:
     """CLI entry point; returns the exit status (2 for bad input, with the reason on stderr)."""
-    args = build_parser().parse_args(argv)
-    try:
-        run(args)
-    except (IngestError, FileExistsError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    run(build_parser().parse_args(argv))
     return 0
 
 

@@ -34,6 +34,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from data.atomic import atomic_write_bytes
+from data.cli import KnownError
 from data.store import ChipStore
 from data.workspace import Workspace, WorkspaceNameError
 from data.workspace import check_name as check_workspace_name
@@ -49,7 +50,7 @@ _BINARY_SPELLINGS = {"present": "present", "absent": "absent", "1": "present", "
                      "0.0": "absent", "true": "present", "false": "absent", "yes": "present", "no": "absent"}
 
 
-class LabelSetError(ValueError):
+class LabelSetError(KnownError, ValueError):
     """A label set cannot be made, read or written: the one-line message says what to change."""
 
 

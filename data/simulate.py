@@ -28,6 +28,7 @@ import shapely
 from pyproj import Transformer
 from tqdm import tqdm
 
+from data.cli import CliError, command_line
 from data.modalities import LABEL_TASKS, MODALITIES, MODALITY_KEYS
 from data.landcover import (
     AOI_PROFILES,
@@ -445,12 +446,13 @@ def _parse_pairs(items: Sequence[str], what: str) -> dict[str, str]:
     out = {}
     for item in items or []:
         if "=" not in item:
-            raise SystemExit(f"error: {what} {item!r} must look like MODALITY=VALUE")
+            raise CliError(f"{what} {item!r} must look like MODALITY=VALUE")
         k, v = item.split("=", 1)
         out[k.strip()] = v.strip()
     return out
 
 
+@command_line(also=(ValueError, KeyError))  # the simulator's settings checks (chips, channels, rates)
 def main(argv: Sequence[str] | None = None) -> int:
     """Command line: build the simulated demo AOI stores into a workspace."""
     ap = argparse.ArgumentParser(
@@ -492,17 +494,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         rates = {k: float(v) for k, v in _parse_pairs(args.missing, "--missing").items()}
     except ValueError as e:
-        raise SystemExit(f"error: --missing rates must be numbers ({e})") from None
+        raise CliError(f"--missing rates must be numbers ({e})") from None
     ws = Workspace(args.workspace)
-    try:
-        result = build_default_stores(
-            ws, args.chips_per_aoi, args.seed, args.workers, aois=args.aoi, n_rows=args.rows, n_cols=args.cols,
-            chip_size=args.chip_size, channels=channels or None, missing_rates=rates, dtype=args.dtype,
-            overwrite=args.overwrite,
-        )
-    except (ValueError, KeyError, FileExistsError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    result = build_default_stores(
+        ws, args.chips_per_aoi, args.seed, args.workers, aois=args.aoi, n_rows=args.rows, n_cols=args.cols,
+        chip_size=args.chip_size, channels=channels or None, missing_rates=rates, dtype=args.dtype,
+        overwrite=args.overwrite,
+    )
     for name, status in result.items():
         store = ws.open_store(name)
         print(f"{status:8s} {ws.store_path(name)}  {store.meta.title}: {len(store)} chips, {store.modalities}")

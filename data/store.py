@@ -28,6 +28,7 @@ import pandas as pd
 import shapely.geometry
 import zarr
 
+from data.cli import KnownError
 from data.modalities import LABEL_TASKS, MODALITY_KEYS, get_modality
 from data.atomic import atomic_write_json, replace_dir, temp_sibling
 
@@ -45,7 +46,7 @@ _SMALL_FILES = ("chips.parquet",)
 _CHUNK_COMPRESSOR = zarr.codecs.ZstdCodec(level=0, checksum=True)
 
 
-class StoreError(Exception):
+class StoreError(KnownError):
     """A chip store is missing, partial, corrupt or incompatible; the message says how to fix it."""
 
 

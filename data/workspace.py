@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from data.atomic import atomic_write_json
+from data.cli import KnownError
 from data.store import ChipStore
 
 WORKSPACE_ENV = "EO_WORKSPACE"
@@ -49,7 +50,7 @@ ALL_AOIS = "all-aois"
 """Projection folder of the joint UMAP of several AOIs (under projections/, beside the per-AOI folders)."""
 
 
-class WorkspaceNameError(ValueError):
+class WorkspaceNameError(KnownError, ValueError):
     """A name cannot be used inside the workspace: the message says which characters are allowed."""
 
 

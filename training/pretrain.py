@@ -31,6 +31,7 @@ from core import distributed
 from core.checkpoint import CheckpointError, load_checkpoint, load_train_state, save_checkpoint, unwrap
 from core.loss import clip_loss, retrieval_top1
 from core.model import MultiModalViT, count_parameters
+from data.cli import CliError, command_line
 from data.store import ChipStore
 from training.config import TrainConfig, load_config
 from training.data import StepBatchSampler, TrainingChips, augment, simulated_stores, training_loader
@@ -304,6 +305,7 @@ def train(
     return summary
 
 
+@command_line
 def main(argv: Sequence[str] | None = None) -> int:
     """CLI entry point."""
     parser = argparse.ArgumentParser(
@@ -323,7 +325,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         cfg = load_config(args.config, args.overrides)
     except (ValueError, FileNotFoundError) as e:
-        parser.error(str(e))
+        raise CliError(f"{e} (see --help and training/configs/)") from None
     if args.print_config:
         print(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
         return 0
