@@ -46,7 +46,7 @@ from data.atomic import atomic_write_bytes, atomic_write_json
 from data.cli import CliError, command_line
 from data.dataset import ChipDataset, to_model_channels
 from data.store import ChipStore
-from data.workspace import SCENARIO_FULL, SCENARIO_RANDOM, Workspace, parse_scenario
+from data.workspace import SCENARIO_FULL, SCENARIO_RANDOM, Workspace, locked, parse_scenario
 
 DEFAULT_SHARD_CHIPS = 1024
 DEFAULT_BATCH_SIZE = 256
@@ -206,6 +206,9 @@ def _prepare_work(work: Path, work_meta: dict) -> None:
     atomic_write_json(f, work_meta)
 
 
+# Under torchrun only rank 0 takes the workspace lock: the other ranks run inside its hold (taking it too
+# would deadlock them against rank 0 at the first barrier).
+@locked("embed", when=lambda: distributed.env_rank_world()[0] == 0)
 def embed_aoi(
     ws: Workspace,
     aoi: str,

@@ -83,7 +83,7 @@ from data.atomic import atomic_write_bytes, atomic_write_json, atomic_write_text
 from data.cli import KnownError, command_line
 from data.modalities import LABEL_TASKS
 from data.store import ChipStore
-from data.workspace import Workspace, parse_scenario
+from data.workspace import Workspace, locked, parse_scenario
 
 FEATURES_VERSION = 2
 
@@ -413,6 +413,7 @@ def dropout_table(ws: Workspace, aoi: str, *, checkpoint: Path, budget: int, rep
 
 
 # ----------------------------------------------------------------------------------------- driver
+@locked("evaluation")
 def run_evaluation(ws: Workspace, *, aois: Sequence[str] | None = None,
                    checkpoint: str | Path | Sequence[str | Path] = SHIPPED_CHECKPOINT,
                    run_name: str | None = None, budgets: Sequence[int | None] = DEFAULT_BUDGETS,

@@ -43,7 +43,7 @@ from data.cli import KnownError, command_line
 from data.landcover import DEFAULT_AOIS
 from data.simulate import DEFAULT_CHIPS_PER_AOI, SIMULATOR_VERSION, build_default_stores
 from data.store import ChipStore, StoreError
-from data.workspace import SCENARIO_FULL, SCENARIO_RANDOM, Workspace
+from data.workspace import SCENARIO_FULL, SCENARIO_RANDOM, Workspace, locked
 
 STEPS: tuple[str, ...] = ("store", "embeddings", "index", "random-init", "projection")
 # random-init is cheap with the tiny model (~5 s per 2,025-chip AOI on 2 idle cores, measured), so the default
@@ -233,6 +233,7 @@ class _Route:
         return self._full
 
 
+@locked("pipeline build")
 def build(ws: Workspace | None = None, aois: Sequence[str] | None = None, steps: Sequence[str] | None = None,
           progress_cb: ProgressCallback | None = None, *, checkpoint: str | Path = SHIPPED_CHECKPOINT,
           chips_per_aoi: int = DEFAULT_CHIPS_PER_AOI, chip_size: int = 64, workers: int = 2,

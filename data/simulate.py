@@ -50,7 +50,7 @@ from data.landcover import (
 )
 from data.sensors import RENDERERS, BlockView, parse_channels
 from data.store import ChipStore, ChipStoreWriter, StoreError, StoreMeta, read_store_meta, rebuild_command, verify_store
-from data.workspace import Workspace
+from data.workspace import Workspace, locked
 
 SIMULATOR_VERSION = 2  # 2: lot-level urban materials and SAR double bounce, footprint mixing, acquisition effects
 DEFAULT_MISSING_RATES: dict[str, float] = {"s2rgb": 0.05, "s1amp": 0.02, "coh": 0.08}
@@ -373,6 +373,7 @@ def _build_one(kwargs: dict) -> tuple[str, str]:
     return kwargs["aoi"], "rebuilt" if status in ("broken", "different", "outdated") else "built"
 
 
+@locked("simulate", arg="workspace")
 def build_default_stores(
     workspace: "Workspace | str | Path | None" = None,
     chips_per_aoi: int = DEFAULT_CHIPS_PER_AOI,

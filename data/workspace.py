@@ -22,16 +22,23 @@ embedding scenario names (`full`, `random-init`, `drop-<modality>-<ch1>+<ch2>`: 
 
 from __future__ import annotations
 
+import fcntl
+import functools
 import importlib.metadata as md
+import inspect
 import json
 import os
 import platform
 import re
+import sys
+import threading
+import time
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterator
 
-from data.atomic import atomic_write_json
+from data.atomic import atomic_write_json, remove_orphans
 from data.cli import KnownError
 from data.store import ChipStore
 
@@ -48,6 +55,15 @@ SCENARIO_RANDOM = "random-init"
 DROP_PREFIX = "drop-"
 ALL_AOIS = "all-aois"
 """Projection folder of the joint UMAP of several AOIs (under projections/, beside the per-AOI folders)."""
+
+
+LOCK_FILE = ".lock"
+# One writer per workspace at a time: threads of this process wait on an RLock (re-entrant, so a build that
+# embeds takes it again freely), other processes on an flock of <workspace>/.lock (released by the kernel
+# when a process dies, so a killed run never leaves the workspace locked).
+_THREAD_LOCKS: dict[str, threading.RLock] = {}
+_THREAD_LOCKS_GUARD = threading.Lock()
+_LOCK_DEPTH: dict[str, int] = {}
 
 
 class WorkspaceNameError(KnownError, ValueError):
@@ -212,6 +228,63 @@ class Workspace:
             out += [_mtime_ns(f) for f in self.step_files(aoi, model_name)]
         return tuple(out)
 
+    @property
+    def lock_path(self) -> Path:
+        """The lock file that serialises writers of this workspace."""
+        return self.root / LOCK_FILE
+
+    @contextmanager
+    def lock(self, purpose: str = "build", on_wait: Callable[[str], None] | None = None) -> Iterator[None]:
+        """Hold this workspace's writer lock (waiting for another writer); on first entry, clean killed runs' temps.
+
+        Re-entrant within a thread. While blocked, `on_wait` (default: a line on stderr) gets
+        "waiting for another build of this workspace (pid N: <purpose>)...". Readers never need it (writes are atomic).
+        """
+        key = str(self.lock_path)
+        with _THREAD_LOCKS_GUARD:
+            rlock = _THREAD_LOCKS.setdefault(key, threading.RLock())
+        say = on_wait or (lambda line: print(line, file=sys.stderr, flush=True))
+        if not rlock.acquire(blocking=False):
+            say(f"waiting for another build of this workspace (pid {os.getpid()}, another thread)...")
+            rlock.acquire()
+        try:
+            if _LOCK_DEPTH.get(key, 0) > 0:  # this thread holds it already
+                _LOCK_DEPTH[key] += 1
+                try:
+                    yield
+                finally:
+                    _LOCK_DEPTH[key] -= 1
+                return
+            fd = self._flock(purpose, say)
+            _LOCK_DEPTH[key] = 1
+            try:
+                remove_orphans(self.root, started=time.time())
+                yield
+            finally:
+                _LOCK_DEPTH[key] = 0
+                os.ftruncate(fd, 0)
+                os.close(fd)  # closing releases the flock
+        finally:
+            rlock.release()
+
+    def _flock(self, purpose: str, say: Callable[[str], None]) -> int:
+        """Take the exclusive flock of the lock file (waiting, with a message, while another process holds it)."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "pid unknown"
+                say(f"waiting for another build of this workspace ({holder})...")
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"pid {os.getpid()}: {purpose}\n".encode(), 0)  # who holds it, for the waiters' message
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+
     def confine(self, path: str | Path) -> Path:
         """Resolve a user-given path and refuse it unless it lies inside the workspace."""
         p = (self.root / path).resolve() if not Path(path).is_absolute() else Path(path).resolve()
@@ -239,3 +312,24 @@ class Workspace:
             "versions": library_versions(),
         }
         atomic_write_json(self.manifest_path, m)
+
+
+def locked(purpose: str, arg: str = "ws", when: Callable[[], bool] | None = None) -> Callable:
+    """Decorator: run the function holding the writer lock of the workspace it is given (`Workspace.lock`).
+
+    `arg` names the parameter holding the workspace (a Workspace, a path, or None for the default one);
+    `when` (checked per call) can skip the lock, e.g. in torchrun ranks that run inside rank 0's hold.
+    """
+    def wrap(func: Callable) -> Callable:
+        signature = inspect.signature(func)
+
+        @functools.wraps(func)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            if when is not None and not when():
+                return func(*args, **kwargs)
+            given = signature.bind_partial(*args, **kwargs).arguments.get(arg)
+            ws = given if isinstance(given, Workspace) else Workspace(given)
+            with ws.lock(purpose):
+                return func(*args, **kwargs)
+        return wrapper
+    return wrap
