@@ -183,8 +183,8 @@ def _pipeline(ctx: state.AppContext) -> None:
     with st.expander("Status of each step" + (f" ({len(todo)} missing)" if len(todo) else ": all built"),
                      expanded=not todo.empty):
         wide = table.pivot(index="aoi", columns="step", values="state").reindex(columns=steps)
-        st.dataframe(wide.map(lambda v: {"built": "✅ built", "missing": "⬜ missing", "stale": "🔄 stale"}.get(v, v)),
-                     width="stretch")
+        icons = {"built": "✅ built", "missing": "⬜ missing", "stale": "🔄 stale", "damaged": "❌ damaged"}
+        st.dataframe(wide.map(lambda v: icons.get(v, v)), width="stretch")
         st.dataframe(table, hide_index=True, width="stretch")
         st.caption("Random-init is the same network untrained: the baseline the probes compare against. "
                    "From a terminal: `python -m core.pipeline status` and `python -m core.pipeline build`.")

@@ -27,6 +27,7 @@ from core.checkpoint import SHIPPED_CHECKPOINT, CheckpointError, checkpoint_dige
 from core.model import ModelConfig, fuse
 from data.atomic import atomic_dir
 from data.cli import KnownError
+from data.integrity import damage_summary, folder_manifest, folder_problems
 from data.store import ChipStore
 from data.workspace import SCENARIO_FULL, SCENARIO_RANDOM, Workspace, drop_scenario
 
@@ -145,7 +146,11 @@ def build_cmd(ws: Workspace, aoi: str, scenario: str) -> str:
 def embeddings_state(ws: Workspace, aoi: str, checkpoint: str | Path = SHIPPED_CHECKPOINT,
                      scenario: str = SCENARIO_FULL, store: ChipStore | None = None,
                      model_name: str | None = None) -> tuple[str, str]:
-    """('built' | 'missing' | 'stale', detail) of an AOI's embeddings against the checkpoint and store."""
+    """('built' | 'missing' | 'stale' | 'damaged', detail) of an AOI's embeddings against the checkpoint and store.
+
+    'damaged': a file no longer has the size or checksum recorded when it was written (cheap check, see
+    `data.integrity`); the detail says how to rebuild.
+    """
     out = embeddings_dir(ws, aoi, model_name or model_name_of(checkpoint), scenario)
     meta_f = out / "meta.json"
     if not meta_f.is_file():
@@ -162,7 +167,15 @@ def embeddings_state(ws: Workspace, aoi: str, checkpoint: str | Path = SHIPPED_C
         return "stale", f"the store now holds {len(store)} chips / other chip ids than when embedded ({meta.get('n_chips')})"
     if meta.get("format_version") != FORMAT_VERSION:
         return "stale", f"format {meta.get('format_version')} != {FORMAT_VERSION}"
+    if problems := embeddings_problems(out, meta):
+        return "damaged", f"rebuild with {build_cmd(ws, aoi, scenario)}: {damage_summary(problems)}"
     return "built", f"{meta.get('n_chips')} chips x {meta.get('dim')}-d"
+
+
+def embeddings_problems(folder: Path, meta: Mapping) -> list[str]:
+    """Files of an embeddings folder that differ from the sizes/checksums in its meta.json ([] if whole or unrecorded)."""
+    recorded = meta.get("integrity")
+    return folder_problems(folder, recorded) if isinstance(recorded, dict) else []
 
 
 def write_embeddings(out: Path, chip_ids: np.ndarray, vectors: Mapping[str, np.ndarray],
@@ -173,6 +186,7 @@ def write_embeddings(out: Path, chip_ids: np.ndarray, vectors: Mapping[str, np.n
         for k, v in vectors.items():
             np.save(tmp / f"{k}.npy", np.asarray(v).astype(np.float32), allow_pickle=False)
         np.savez(tmp / "present.npz", **{k: np.asarray(p).astype(bool) for k, p in present.items()})
+        meta = {**meta, "integrity": folder_manifest(tmp)}  # what `embeddings_state` checks for damage
         (tmp / "meta.json").write_text(json.dumps(dict(meta), indent=2, sort_keys=True, default=str) + "\n")
 
 

@@ -37,6 +37,7 @@ import numpy as np
 
 from data.atomic import atomic_dir
 from data.cli import KnownError
+from data.integrity import folder_manifest
 
 KINDS = ("auto", "flat", "hnsw", "ivfpq")
 AUTO_FLAT_MAX = 200_000
@@ -491,6 +492,7 @@ class ChipIndex:
         with atomic_dir(path, overwrite=overwrite) as tmp:
             faiss.write_index(self._cpu, str(tmp / INDEX_FILE))
             np.save(tmp / IDS_FILE, self.ids.astype(str), allow_pickle=False)
+            meta["integrity"] = folder_manifest(tmp, exclude=(META_FILE,))  # checked by `core.pipeline.status`
             (tmp / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True, default=str) + "\n")
         return path
 

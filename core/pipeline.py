@@ -40,6 +40,7 @@ from core.progress import ProgressCallback, clamp_fraction
 from core.project import project_aoi, projection_state
 from core.representations import external_index, external_index_current, external_names, present_counts
 from data.cli import KnownError, command_line
+from data.integrity import damage_summary, folder_problems
 from data.landcover import DEFAULT_AOIS
 from data.simulate import DEFAULT_CHIPS_PER_AOI, SIMULATOR_VERSION, build_default_stores
 from data.store import ChipStore, StoreError
@@ -88,7 +89,7 @@ def _index_state(ws: Workspace, aoi: str, model_name: str) -> tuple[str, str]:
         return "missing", "needs the embeddings first"
     emb_meta = json.loads(emb_meta_f.read_text())
     stamp = _embedding_stamp(emb_meta)
-    built, stale, missing, empty = [], [], [], []
+    built, stale, missing, empty, damaged = [], [], [], [], []
     counts = present_counts(ws, aoi, model_name, SCENARIO_FULL)
     if not counts:
         return "stale", "the embeddings' present.npz is unreadable; re-embed"
@@ -105,7 +106,13 @@ def _index_state(ws: Workspace, aoi: str, model_name: str) -> tuple[str, str]:
         except ValueError:
             stale.append(key)
             continue
+        if isinstance(meta.get("integrity"), dict) and (problems := folder_problems(f.parent, meta["integrity"])):
+            damaged.append(f"{key}: {damage_summary(problems, 2)}")
+            continue
         (built if meta.get("embeddings") == stamp else stale).append(key)
+    if damaged:
+        fix = f"rebuild with `python -m core.pipeline build --workspace {ws.root} --aoi {aoi}`"
+        return "damaged", f"{fix}: index " + "; ".join(damaged)
     if missing:
         return "missing", f"no index for {missing}"
     if stale:

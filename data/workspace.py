@@ -109,6 +109,13 @@ def _mtime_ns(path: Path) -> int:
         return 0
 
 
+def _folder_files(folder: Path) -> list[Path]:
+    """meta.json and the other files of an artifact folder, sorted (just meta.json when the folder is absent)."""
+    if not folder.is_dir():
+        return [folder / "meta.json"]
+    return [folder / "meta.json"] + sorted(f for f in folder.iterdir() if f.is_file() and f.name != "meta.json")
+
+
 def library_versions() -> dict[str, str]:
     """Versions of the libraries whose outputs the workspace stores."""
     out = {"python": platform.python_version()}
@@ -214,10 +221,12 @@ class Workspace:
     def step_files(self, aoi: str, model_name: str) -> list[Path]:
         """The files whose modification times say when an AOI's pipeline steps last changed (see `step_stamp`)."""
         files = [self.store_path(aoi) / "store.json"]
-        files += [self.embeddings_dir(aoi, model_name, s) / "meta.json" for s in (SCENARIO_FULL, SCENARIO_RANDOM)]
+        for s in (SCENARIO_FULL, SCENARIO_RANDOM):
+            files += _folder_files(self.embeddings_dir(aoi, model_name, s))  # every file: a damaged one shows
         index_root = self.artifact_dir("indexes", check_name(aoi), model_name)
         if index_root.is_dir():
-            files += sorted(p / "meta.json" for p in index_root.iterdir())
+            for p in sorted(index_root.iterdir()):
+                files += _folder_files(p)
         files.append(self.projection_dir(aoi, model_name) / "meta.json")
         return files
 

@@ -135,3 +135,27 @@ def test_each_store_is_opened_once_per_route(ws_ckpt, monkeypatch):
     opened.clear()
     status(ws, aois=["conus", "realish"], checkpoint=ckpt)
     assert sorted(opened) == ["conus", "realish"]
+
+
+def test_damaged_embeddings_and_index_are_reported_and_rebuilt(ws_ckpt, capsys):
+    ws, ckpt = ws_ckpt
+    steps = ["embeddings", "index"]
+    build(ws, ["conus"], steps=steps, checkpoint=ckpt, progress=False)
+    assert (status(ws, aois=["conus"], checkpoint=ckpt, steps=steps).state == "built").all()
+    emb_dir = ws.embeddings_dir("conus", "ckpt-test")
+    vectors = emb_dir / "fused.npy"
+    data = bytearray(vectors.read_bytes())
+    data[-1] ^= 0xFF  # one flipped byte: same size, other checksum
+    vectors.write_bytes(bytes(data))
+    (index_dir(ws, "conus", "ckpt-test", "s1amp") / "ids.npy").unlink()
+    st = status(ws, aois=["conus"], checkpoint=ckpt, steps=steps).set_index("step")
+    assert st.loc["embeddings", "state"] == "damaged", st
+    assert st.loc["embeddings", "detail"].startswith("rebuild with `python -m core.embed")
+    assert "fused.npy does not match its checksum" in st.loc["embeddings", "detail"]
+    assert st.loc["index", "state"] == "damaged" and "s1amp: ids.npy is missing" in st.loc["index", "detail"]
+    assert main(["status", "--workspace", str(ws.root), "--aoi", "conus", "--checkpoint", str(ckpt),
+                 "--steps", *steps]) == 0
+    assert [line.split()[2] for line in capsys.readouterr().out.splitlines()[1:]] == ["damaged", "damaged"]
+    actions = build(ws, ["conus"], steps=steps, checkpoint=ckpt, progress=False)
+    assert list(actions.action) == ["rebuilt", "rebuilt"]
+    assert (status(ws, aois=["conus"], checkpoint=ckpt, steps=steps).state == "built").all()
