@@ -246,7 +246,12 @@ def run(args: argparse.Namespace) -> IngestResult | None:
 @command_line
 def main(argv: list[str] | None = None) -> int:
     """CLI entry point; returns the exit status (2 for bad input, with the reason on stderr)."""
-    run(build_parser().parse_args(argv))
+    args = build_parser().parse_args(argv)
+    if getattr(args, "out", None) is None:  # inside a workspace: one writer at a time (--out elsewhere: no lock)
+        with Workspace(args.workspace).lock("ingest"):
+            run(args)
+    else:
+        run(args)
     return 0
 
 

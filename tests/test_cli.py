@@ -174,3 +174,19 @@ def _dead_pid() -> int:
     """The pid of a process that has exited."""
     p = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     return int(p.stdout)
+
+
+def test_ingest_into_a_workspace_waits_for_its_lock(tmp_path, capsys):
+    from data.ingest import main as ingest_main
+
+    ws = Workspace(tmp_path / "ws")
+    codes: list[int] = []
+    argv = ["geotiff", "--aoi", "site", "--workspace", str(ws.root), "--s2", str(tmp_path / "nope.tif"), "--quiet"]
+    with ws.lock("test build"):
+        t = threading.Thread(target=lambda: codes.append(ingest_main(argv)))
+        t.start()
+        time.sleep(0.5)
+        assert t.is_alive() and not codes  # waiting for the lock, not failing on the missing file yet
+    t.join(timeout=60)
+    err = capsys.readouterr().err
+    assert codes == [2] and "waiting for another build of this workspace" in err and "nope.tif: no such file" in err
