@@ -96,8 +96,7 @@ with page_guard("few-shot probes"):
     left, right = st.columns(2)
     with left:
         st.markdown("**Learning curve**")
-        with st.spinner("Computing the learning curves (once per setting)…"):
-            curves, metric = probing.curves(ctx, model, task, estimator, int(repeats), spec, n_labelled)
+        curves, metric = probing.curves(ctx, model, task, estimator, int(repeats), spec, n_labelled)
         st.altair_chart(charts.learning_curve_chart(curves, probing.headline(full)[1], metric, current_budget=n_train),
                         width="stretch")
         st.caption(f"Red line: your budget ({n_train:,} labelled chips). Bands: spread (± 1 std) over the repeats. "

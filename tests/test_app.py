@@ -511,3 +511,35 @@ def test_store_and_checkpoint_strings_show_literally(tmp_path, monkeypatch):
     for t in card:  # every Markdown character of the untrusted string is escaped
         assert "**bold**" not in t and "](javascript" not in t and "<b>" not in t
         assert r"\*\*bold\*\* \[x\]\(javascript\:alert\(1\)\) \<b\>html\<" in t
+
+
+def test_probes_learning_curves_report_progress_with_counts(app_ws, monkeypatch):
+    """The learning curves (the page's slowest step) show a progress bar that counts the curves, not a spinner."""
+    import streamlit as st
+
+    texts: list[str] = []
+    real = st.progress
+
+    class Bar:
+        """The real bar, recording every text it is given."""
+
+        def __init__(self, value, text):
+            texts.append(text or "")
+            self._bar = real(value, text=text)
+
+        def progress(self, value, text=None):
+            texts.append(text or "")
+            return self._bar.progress(value, text=text)
+
+        def empty(self):
+            return self._bar.empty()
+
+    def spy(value=0, text=None):
+        return Bar(value, text)
+
+    monkeypatch.setattr(st, "progress", spy)
+    at = open_page("pages/probes.py")
+    assert_clean(at)
+    counted = [t for t in texts if t.startswith("Learning curves:")]
+    assert counted and "0 of 3 done" in counted[0], texts
+    assert any("random-init embeddings" in t for t in counted) and any("hand-crafted" in t for t in counted)

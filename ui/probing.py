@@ -111,20 +111,27 @@ def curves(ctx: Any, model: str, task: str, estimator: str, repeats: int, spec: 
     budgets = tuple(b for b in CURVE_BUDGETS if b < n_labelled * 0.7)
     metric = "f1" if estimator == "logistic" else "r2"
     rep = spec.get("representation", "fused")
-    frames = [_curve_frame(cache.curve(ctx.root, ctx.aoi, model, task=task, estimator=estimator, budgets=budgets,
-                                       repeats=repeats, **spec),
-                           "embeddings (this setting)" if rep == "fused" else f"{rep} (external)", metric)]
+    mine = "embeddings (this setting)" if rep == "fused" else f"{rep} (external)"
     # An external representation is compared with the model's fused embeddings and the same baselines.
     others = ((("fused", "model embeddings (fused)"),) if rep != "fused" else ()) + (
         (RANDOM_INIT, "random-init embeddings"), (HAND_CRAFTED, "hand-crafted features"))
-    for name, label in others:
+    jobs = [(None, mine), *others]
+    work = f"{len(budgets)} budgets x {repeats} repeats + all labels"
+    bar = st.progress(0.0, text=f"Learning curves: 0 of {len(jobs)} done ({work} each)")
+    frames = []
+    for i, (name, label) in enumerate(jobs):
+        bar.progress(i / len(jobs), text=f"Learning curves: {i} of {len(jobs)} done; now {label} ({work})")
         try:
+            kw = spec if name is None else {"representation": name}
             table = cache.curve(ctx.root, ctx.aoi, model, task=task, estimator=estimator, budgets=budgets,
-                                repeats=repeats, representation=name)
+                                repeats=repeats, **kw)
         except UserError as e:
+            if name is None:
+                raise
             st.caption(f"No {label} baseline: {e}")
             continue
         frames.append(_curve_frame(table, label, metric))
+    bar.empty()
     return pd.concat(frames, ignore_index=True), {"r2": "R²", "f1": "F1"}[metric]
 
 
