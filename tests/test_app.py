@@ -69,14 +69,19 @@ def app_ws(tmp_path_factory) -> Path:
     mp.undo()
 
 
-@pytest.fixture
-def own_ws(app_ws, tmp_path, monkeypatch) -> Path:
-    """A private copy of the built workspace, for a test that changes it (so no test depends on another's order)."""
+def private_copy(built: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A copy of a built workspace that the app uses for one test (so no test depends on another's order)."""
     root = tmp_path / "ws"
-    shutil.copytree(app_ws, root)
+    shutil.copytree(built, root)
     monkeypatch.setenv("EO_WORKSPACE", str(root))
     monkeypatch.setenv("EO_CHECKPOINT", CHECKPOINT_NAME)
     return root
+
+
+@pytest.fixture
+def own_ws(app_ws, tmp_path, monkeypatch) -> Path:
+    """A private copy of the built workspace, for a test that changes it."""
+    return private_copy(app_ws, tmp_path, monkeypatch)
 
 
 def open_page(page: str | None = None) -> AppTest:

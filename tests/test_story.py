@@ -4,16 +4,14 @@ playing a story, and the fixed legends, plots and messages (AppTest on the app t
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
-import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
 
 from data.stories import Story, StoryError, StoryStep, delete_story, list_stories, load_story, new_story, save_story
 from data.workspace import Workspace
-from tests.test_app import APP, CHECKPOINT_NAME, TIMEOUT, assert_clean, build_app_workspace, texts
+from tests.test_app import APP, TIMEOUT, assert_clean, build_app_workspace, open_page, private_copy, texts
 
 
 # ----------------------------------------------------------------------------------------- data.stories
@@ -79,25 +77,11 @@ def story_ws(tmp_path_factory) -> Path:
 @pytest.fixture
 def ws(story_ws, tmp_path, monkeypatch) -> Path:
     """A private copy of the workspace for each test (stories and projections are written into it)."""
-    root = tmp_path / "ws"
-    shutil.copytree(story_ws, root)
-    monkeypatch.setenv("EO_WORKSPACE", str(root))
-    monkeypatch.setenv("EO_CHECKPOINT", CHECKPOINT_NAME)
-    return root
-
-
-def _open(page: str | None = None) -> AppTest:
-    at = AppTest.from_file(APP, default_timeout=TIMEOUT)
-    at.run()
-    if page:
-        at.switch_page(page)
-        at.run()
-    assert_clean(at)
-    return at
+    return private_copy(story_ws, tmp_path, monkeypatch)
 
 
 def test_home_says_what_is_simulated_first_then_the_start_path(ws):
-    at = _open()
+    at = open_page()
     shown = [n for n in at.main if n.type not in ("main", "title")]
     assert shown[0].type == "warning", "the simulated/real statement must come before anything else"
     banner = shown[0].value
@@ -117,7 +101,7 @@ def test_home_says_what_is_simulated_first_then_the_start_path(ws):
 def test_save_a_view_as_a_story_step_from_the_sidebar(ws):
     # AppTest shows the sidebar of the entry page only, so the view saved here is home with another AOI; the
     # browser test saves a page's view with its settings.
-    at = _open()
+    at = open_page()
     at.selectbox(key="aoi").set_value("south_america").run()
     at.text_input(key="story_new_name").input("demo")
     at.text_input(key="story_step_title").input("The second area")
@@ -137,7 +121,7 @@ def test_save_a_view_as_a_story_step_from_the_sidebar(ws):
 
 
 def test_pages_mirror_their_settings_into_the_url_that_a_step_saves(ws):
-    at = _open("pages/probes.py")
+    at = open_page("pages/probes.py")
     at.selectbox(key="probe_estimator").set_value("logistic").run()
     at.select_slider(key="probe_budget").set_value(10).run()
     assert_clean(at)
@@ -166,7 +150,7 @@ def test_play_a_two_step_story(ws):
     story = story.with_step(StoryStep("pages/probes.py", {"aoi": "conus", "est": "logistic", "budget": "10"},
                                       "Ten labels", "Logistic at 10 labels."))
     save_story(w, story)
-    at = _open("pages/story.py")
+    at = open_page("pages/story.py")
     assert any("Ten labels" in t for t in texts(at.markdown))
     at.button(key="story_play_start").click().run()
     assert_clean(at)
@@ -195,7 +179,7 @@ def _specs(at: AppTest) -> list[str]:
 
 
 def test_probes_mark_the_budget_and_say_what_grey_means_on_the_map(ws):
-    at = _open("pages/probes.py")
+    at = open_page("pages/probes.py")
     at.select_slider(key="probe_budget").set_value(10).run()
     assert_clean(at)
     assert any("#d62728" in s for s in _specs(at)), "the current budget is not marked on the learning curve"
@@ -207,7 +191,7 @@ def test_probes_mark_the_budget_and_say_what_grey_means_on_the_map(ws):
 
 
 def test_logistic_probe_gets_calibration_and_confusion_not_probability_vs_fraction(ws):
-    at = _open("pages/probes.py")
+    at = open_page("pages/probes.py")
     at.selectbox(key="probe_estimator").set_value("logistic").run()
     assert_clean(at)
     assert any("Calibration of P(vegetation > 0.05)" in t for t in texts(at.markdown))
@@ -219,7 +203,7 @@ def test_logistic_probe_gets_calibration_and_confusion_not_probability_vs_fracti
 
 
 def test_degenerate_model_says_so(ws):
-    at = _open("pages/probes.py")
+    at = open_page("pages/probes.py")
     # Every chip of this AOI holds some cropland: a presence classifier can only answer "present" everywhere.
     at.selectbox(key="probe_task").set_value("cropland").run()
     at.selectbox(key="probe_estimator").set_value("logistic").run()
@@ -236,7 +220,7 @@ def test_degenerate_model_says_so(ws):
 
 
 def test_explorer_has_no_developer_note_a_map_legend_and_a_selection_per_aoi(ws):
-    at = _open("pages/explorer.py")
+    at = open_page("pages/explorer.py")
     shown = texts(at.markdown) + texts(at.caption)
     assert not any("seeded sample" in t or "sluggish" in t for t in shown)
     bar = next(s for s in _specs(at) if "grey: " in s)
