@@ -11,7 +11,7 @@ from core.diagnostics import constant_prediction
 from core.mapping import MAP_ESTIMATORS, detections
 from core.representations import external_names, external_provenance
 from core.search import SPACES, space_name
-from ui import cache, charts, labelling, maps, state
+from ui import cache, labelling, maps, rastermap, state
 from ui.errors import UserError, page_guard
 
 state.require_entrypoint("pages/mapping.py")
@@ -40,7 +40,7 @@ with page_guard("label & map"):
         raise UserError("This workspace holds no AOI yet.", "Build the simulated AOIs on the Home page.", "info")
     model = cache.model_name(ctx.checkpoint)
     store = cache.store(ctx.root, ctx.aoi)
-    geometry = cache.geometry(ctx.root, ctx.aoi)
+    grid = cache.grid(ctx.root, ctx.aoi)
     emb = cache.embeddings(ctx.root, ctx.aoi, model)
     lookup = cache.chip_lookup(ctx.root, ctx.aoi, model)
     externals = external_names(ctx.workspace, ctx.aoi)  # embeddings brought by the user (#17)
@@ -105,16 +105,19 @@ with page_guard("label & map"):
 
     suggested = cache.suggestions(ctx.root, ctx.aoi, model, rep, estimator, label_set, labelling.SUGGESTIONS,
                                   result is not None)
-    values, scale, value_name, legend = labelling.map_colours(result, threshold, view, X, valid, label_set, lookup)
-    deck = maps.chip_deck(geometry, values, scale, value_name=value_name,
-                          highlights=labelling.outlines(geometry, lookup, label_set, suggested))
-    key = labelling.map_key(ctx.aoi)
-    st.pydeck_chart(deck, on_select=functools.partial(labelling.on_map_click, ctx.root, ctx.aoi, key),
-                    selection_mode="single-object", key=key, height=540)
-    st.caption(f"{legend} {labelling.legend_classes(label_set)} Click a chip to label it **{brush}**."
+    values, scale, _, legend = labelling.map_colours(result, threshold, view, X, valid, label_set, lookup)
+    # A raster of the AOI, one pixel per chip (not pydeck polygons: ~10 MB of JSON per rerun at 150 K chips,
+    # and clicks dropped by deck.gl picking under software WebGL); a click is resolved to the chip under it.
+    marks, keys = labelling.marks(grid, lookup, label_set, suggested, chip)
+    key = labelling.raster_key(ctx.aoi)
+    note = f"grey: no {space_name(rep)} embedding" + (" · simulated AOI" if store.meta.simulated else "")
+    rastermap.raster_map(grid, maps.png_data_url(maps.score_png(grid, values, scale)),
+                         maps.legend_spec(scale, _unit(scale.title)), marks, key=key, aspect=maps.cell_aspect(grid),
+                         height=540, note=note, view_id=ctx.aoi, keys=keys, action=f"label it {brush}",
+                         on_click=functools.partial(labelling.on_raster_click, ctx.root, ctx.aoi, key, grid))
+    st.caption(f"{legend} {labelling.legend_classes(label_set)} One pixel per chip ({len(grid):,} chips): scroll to "
+               f"zoom, drag to pan. Click a chip to label it **{brush}**."
                + (" Simulated AOI." if store.meta.simulated else ""))
-    st.altair_chart(charts.colorbar_chart(scale, scale.title, _unit(scale.title),
-                                          f"no {space_name(rep)} embedding for the chip"), width="content")
     st.caption(f"Representation in use: {space_name(rep)}.")
     if chip:
         st.caption(f"Last clicked: {chip} (label: {label_set.label_of(chip) or 'none'}).")
@@ -130,7 +133,7 @@ with page_guard("label & map"):
     mods = labelling.thumbnail_modalities(store)
     modality = (st.radio("Thumbnails", mods, key="map_thumb_mod", horizontal=True, format_func=space_name)
                 if len(mods) > 1 else mods[0])
-    ids = geometry.chip_ids[np.asarray(suggested, dtype=np.int64)].tolist()
+    ids = grid.chip_ids[np.asarray(suggested, dtype=np.int64)].tolist()
     preds = result.predictions[suggested] if result is not None else np.full(len(ids), np.nan)
     captions = [f"#{i + 1}" + (f" · {p:.2f}" if np.isfinite(p) else "") for i, p in enumerate(preds)]
     labelling.review_grid(store, ids, list(suggested), captions, modality=modality, root=ctx.root, label_set=label_set,

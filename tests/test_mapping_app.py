@@ -2,20 +2,24 @@
 
 Each test gets its own copy of a small workspace (1 simulated AOI x 100 chips of 32 px, an untrained tiny
 checkpoint, embeddings and indexes built by core.pipeline), so label sets written by one test never leak
-into another. Map clicks are injected as the pydeck selection the browser would send.
+into another. Map clicks are injected as what the raster map component sends: where the click landed on the
+image (fractions across and down), resolved to the chip under it by the page.
 """
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 import torch
+from PIL import Image
 from streamlit.runtime.media_file_manager import MediaFileManager
 from streamlit.testing.v1 import AppTest
 
@@ -25,7 +29,7 @@ from core.model import ModelConfig, MultiModalViT
 from data.labelsets import load_label_set, list_label_sets
 from data.simulate import simulate_store
 from data.workspace import Workspace
-from ui import maps
+from core.grid import ChipGrid
 
 REPO = Path(__file__).resolve().parents[1]
 APP = str(REPO / "app.py")
@@ -91,27 +95,47 @@ def open_mapping(query_params: dict | None = None) -> AppTest:
     return at
 
 
-def click_chip(at: AppTest, chip_id: str) -> AppTest:
-    """Send the selection a click on a chip of the pydeck map sends (streamlit's PydeckSelectionSerde JSON)."""
-    decks = at.get("deck_gl_json_chart")
-    assert len(decks) == 1, "the page should draw exactly one map"
+def click_at(at: AppTest, u: float, v: float) -> AppTest:
+    """Send what a click on the raster map sends: where it landed on the image (fractions across, down)."""
+    comps = at.get("bidi_component")
+    assert len(comps) == 1, "the page should draw exactly one map"
     states = at._tree.get_widget_states()
     w = states.widgets.add()
-    w.id = decks[0].proto.id
-    w.string_value = json.dumps({"selection": {"indices": {maps.CHIP_LAYER: [0]},
-                                               "objects": {maps.CHIP_LAYER: [{"id": chip_id}]}}})
+    w.id = f"$$STREAMLIT_INTERNAL_KEY_{comps[0].proto.id}__events"
+    w.json_trigger_value = json.dumps([{"event": "click", "value": {"u": u, "v": v}}])
     at._run(states)
     assert_clean(at)
     return at
 
 
+def chip_fraction(grid: ChipGrid, chip_id: str) -> tuple[float, float]:
+    """Where on the map image the centre of a chip's cell lies (fractions across, down)."""
+    pos = int(np.flatnonzero(grid.chip_ids == chip_id)[0])
+    r, c = grid.cells_of(np.array([pos]))
+    rows, cols = grid.shape
+    return (float(c[0]) + 0.5) / cols, (float(r[0]) + 0.5) / rows
+
+
+def click_chip(at: AppTest, ws: Workspace, chip_id: str) -> AppTest:
+    """Click the centre of a chip on the raster map."""
+    store = ws.open_store(AOI)
+    return click_at(at, *chip_fraction(ChipGrid.from_index(store.index, store.meta.crs), chip_id))
+
+
+def map_data(at: AppTest) -> dict:
+    """What the page sent the raster map: image, grid shape, marks, legend and keys."""
+    return json.loads(at.get("bidi_component")[0].proto.json)
+
+
+def map_values(at: AppTest) -> np.ndarray:
+    """The map image's palette indices, one per chip cell (254 = n/a, 255 = no chip)."""
+    url = map_data(at)["image"]
+    png = base64.b64decode(url.split(",", 1)[1])
+    return np.asarray(Image.open(io.BytesIO(png)))
+
+
 def metric(at: AppTest, label: str) -> str:
     return next(str(m.value) for m in at.metric if m.label == label or m.label.startswith(label))
-
-
-def deck_layers(at: AppTest) -> dict:
-    spec = json.loads(at.get("deck_gl_json_chart")[0].proto.json)
-    return {layer["id"]: layer for layer in spec["layers"]}
 
 
 def create_set(at: AppTest, name: str = "flood") -> AppTest:
@@ -131,23 +155,34 @@ def test_label_on_the_map_and_from_suggestions_train_threshold_export(ws, deferr
     assert any("Simulated AOI." in str(c.value) for c in at.caption)  # simulated data is said so beside the map
     assert list_label_sets(ws, AOI) == ["flood"]
     assert at.selectbox(key=f"map_labelset::{AOI}").value == "flood"
-    # Before any label the map is coloured by the embeddings' main axis, not grey.
-    chips = deck_layers(at)[maps.CHIP_LAYER]["data"]
-    assert len({tuple(c["c"]) for c in chips}) > 10 and all(c["v"] != "n/a" for c in chips)
+    # Before any label the map is coloured by the embeddings' main axis, not grey; the colour bar has numbers.
+    levels = map_values(at)
+    assert levels.shape == (10, 10) and len(np.unique(levels)) > 10 and (levels < 254).all()
+    legend = map_data(at)["legend"]
+    assert legend["title"] == "embedding axis 1" and len(legend["ticks"]) == 5 and legend["units"]
 
     # Click chips with the "present" brush, then the "absent" brush.
     assert at.radio(key="map_brush").value == "present"
     for chip in ids[:2]:
-        click_chip(at, chip)
+        click_chip(at, ws, chip)
     assert metric(at, "Detections") == "n/a"
     assert any("one present and one absent" in str(i.value) for i in at.info)
     at.radio(key="map_brush").set_value("absent").run()
     for chip in ids[50:52]:
-        click_chip(at, chip)
+        click_chip(at, ws, chip)
     saved = load_label_set(ws, AOI, "flood")
     assert saved.counts() == {"absent": 2, "present": 2} and set(saved.labels["source"]) == {"map"}
-    outlined = {r["id"]: r["v"] for r in deck_layers(at)[maps.HIGHLIGHT_LAYER]["data"]}
-    assert outlined[ids[0]] == "present" and outlined[ids[50]] == "absent"
+    # Labelled chips are marked in their class colour, the suggestions numbered, the last click on its own;
+    # the legend keys list the classes.
+    data = map_data(at)
+    grid = ChipGrid.from_index(store.index, store.meta.crs)
+    cell = {chip: tuple(int(x) for x in np.concatenate(grid.cells_of(np.array([i])))) for i, chip in enumerate(ids)}
+    labelled = {(m["r"], m["c"]): (m["label"], tuple(m["color"])) for m in data["marks"] if m["kind"] == "label"}
+    assert labelled == {cell[ids[0]]: ("present", (0, 170, 80)), cell[ids[1]]: ("present", (0, 170, 80)),
+                        cell[ids[50]]: ("absent", (220, 30, 30)), cell[ids[51]]: ("absent", (220, 30, 30))}
+    assert [m["label"] for m in data["marks"] if m["kind"] == "suggested"] == [str(i) for i in range(1, 13)]
+    assert [(m["r"], m["c"]) for m in data["marks"] if m["kind"] == "clicked"] == [cell[ids[51]]]
+    assert [k["text"] for k in data["keys"]] == ["present", "absent", "label next", "last clicked"]
 
     # Trained: a detection count and the few-labels warning.
     count = metric(at, "Detections")
@@ -176,8 +211,8 @@ def test_label_on_the_map_and_from_suggestions_train_threshold_export(ws, deferr
     assert low > high
     at.radio(key="map_view").set_value("detections").run()
     assert_clean(at)
-    values = [c["v"] for c in deck_layers(at)[maps.CHIP_LAYER]["data"]]
-    assert values.count("1.00") == high
+    assert map_data(at)["legend"]["title"] == "detected"
+    assert int((map_values(at) == 253).sum()) == high  # the top colour level: detected
 
     # Exports carry provenance: the map (GeoJSON, GeoParquet, CSV) and the labels.
     buttons = {b.proto.label: b.proto.deferred_file_id for b in at.get("download_button")}
@@ -206,7 +241,7 @@ def test_reload_with_the_url_restores_the_view(ws):
     create_set(at, "second")
     at.selectbox(key=f"map_labelset::{AOI}").set_value("first").run()
     chip = ws.open_store(AOI).index["chip_id"].iloc[7]
-    click_chip(at, chip)
+    click_chip(at, ws, chip)
     at.selectbox(key="map_rep").set_value("s2rgb").run()
     at.selectbox(key="map_est").set_value("knn").run()
     at.slider(key="map_threshold").set_value(0.3).run()
@@ -271,7 +306,64 @@ def test_labels_without_features_in_a_modality_warn_and_keep_the_map(ws):
     at = open_mapping({"labels": "partly", "rep": "coh"})
     assert at.selectbox(key="map_rep").value == "coh"
     assert any("cannot be trained yet" in str(w.value) for w in at.warning)
-    assert len(at.get("deck_gl_json_chart")) == 1  # the analyst can still label chips on the map
+    assert len(at.get("bidi_component")) == 1  # the analyst can still label chips on the map
     at.selectbox(key="map_rep").set_value("fused").run()
     assert_clean(at)
     assert metric(at, "Detections").endswith("of 100")
+
+
+@pytest.fixture(scope="module")
+def big_ws(tmp_path_factory) -> Path:
+    """1 SIMULATED AOI of 45 x 45 = 2,025 chips of 16 px (the size at which deck.gl picking dropped clicks)."""
+    torch.set_num_threads(1)
+    ws = Workspace(tmp_path_factory.mktemp("bigmapws"))
+    simulate_store(ws.store_path(AOI), AOI, 45, 45, 3, chip_size=16, progress=False)
+    cfg = ModelConfig(name=CHECKPOINT_NAME, chip_size=32, patch_size=8, width=32, depth=1, heads=2, embed_dim=32)
+    torch.manual_seed(0)
+    ckpt = ws.root / "checkpoints" / CHECKPOINT_NAME
+    save_checkpoint(ckpt, MultiModalViT(cfg), cfg, meta={"simulated_training_data": True, "step": 0})
+    pipeline.build(ws, [AOI], ["store", "embeddings"], checkpoint=ckpt, progress=False)
+    return ws.root
+
+
+def test_a_click_on_a_2000_chip_map_labels_exactly_the_chip_under_it(big_ws, monkeypatch):
+    monkeypatch.setenv("EO_WORKSPACE", str(big_ws))
+    monkeypatch.setenv("EO_CHECKPOINT", CHECKPOINT_NAME)
+    ws = Workspace(big_ws)
+    store = ws.open_store(AOI)
+    grid = ChipGrid.from_index(store.index, store.meta.crs)
+    assert len(store) == 2025 and grid.shape == (45, 45)
+    at = open_mapping()
+    create_set(at, "big")
+    data = map_data(at)
+    assert (data["rows"], data["cols"]) == (45, 45) and map_values(at).shape == (45, 45)
+
+    # Clicks anywhere on the image, edges included: the chip under each click (its coordinate) is labelled.
+    expected = []
+    for i, (u, v) in enumerate([(0.37, 0.81), (0.001, 0.001), (0.999, 0.999), (0.5, 0.02)]):
+        if i == 2:
+            at.radio(key="map_brush").set_value("absent").run()
+        click_at(at, u, v)
+        chip = grid.chip_at(*grid.lonlat_at_fraction(u, v))
+        assert chip is not None
+        expected.append((chip, "absent" if i >= 2 else "present"))
+        labels = load_label_set(ws, AOI, "big").labels
+        assert dict(zip(labels["chip_id"], labels["label"])) == dict(expected)
+        assert any(f"Last clicked: {chip}" in str(c.value) for c in at.caption)
+    assert expected[0][0] == store.index["chip_id"].iloc[int(grid.positions[int(0.81 * 45), int(0.37 * 45)])]
+    mapped = int(metric(at, "Detections").split(" of ")[1])  # two classes labelled: the map retrained
+    assert 2000 <= mapped <= 2025  # every chip with a fused embedding
+
+    # A click outside the AOI's image labels nothing and keeps the last clicked chip.
+    before = load_label_set(ws, AOI, "big").labels
+    for u, v in [(1.2, 0.5), (-0.1, 0.3), (0.5, 1.0)]:
+        click_at(at, u, v)
+    after = load_label_set(ws, AOI, "big").labels
+    pd.testing.assert_frame_equal(before, after)
+    assert any(f"Last clicked: {expected[-1][0]}" in str(c.value) for c in at.caption)
+
+    # The same chip clicked again registers again (a click is a trigger, not a sticky selection).
+    at.radio(key="map_brush").set_value("remove").run()
+    click_at(at, 0.37, 0.81)
+    assert load_label_set(ws, AOI, "big").label_of(expected[0][0]) is None
+    assert len(load_label_set(ws, AOI, "big")) == 3

@@ -17,12 +17,13 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
+from core.grid import ChipGrid
 from core.mapping import EXPORT_FORMATS, MapResult, MappingError, detections, export_label_set, export_map, map_provenance
 from core.representations import RepresentationError
 from data.labelsets import LabelSet, LabelSetError, list_label_sets, load_label_set, save_label_set
 from data.store import ChipStore
 from data.workspace import Workspace
-from ui import cache, gallery, maps, state
+from ui import cache, gallery, maps, rastermap, state
 from ui.errors import UserError
 
 BRUSH_KEY = "map_brush"
@@ -53,13 +54,10 @@ def chip_key(aoi: str) -> str:
     return f"map_chip::{aoi}"
 
 
-def map_key(aoi: str) -> str:
-    """Widget key of the map; it changes after every click so that clicking the same chip again registers."""
-    return f"map_deck::{aoi}::{st.session_state.get(f'map_gen::{aoi}', 0)}"
-
-
-def _bump_map(aoi: str) -> None:
-    st.session_state[f"map_gen::{aoi}"] = st.session_state.get(f"map_gen::{aoi}", 0) + 1
+def raster_key(aoi: str) -> str:
+    """Widget key of the map (stable: zoom and pan survive reruns; a click is a trigger, so the same chip
+    clicked twice registers twice)."""
+    return f"map_raster::{aoi}"
 
 
 def restore_from_url(aoi: str, label_sets: Sequence[str], representations: Sequence[str], estimators: Sequence[str],
@@ -144,15 +142,16 @@ def _apply_safely(root: str, aoi: str, name: str | None, chip_ids: Sequence[str]
         st.session_state[MESSAGE_KEY] = str(e)
 
 
-def on_map_click(root: str, aoi: str, key: str) -> None:
-    """st.pydeck_chart callback: the clicked chip gets the brush's class (or loses its label)."""
-    chip = maps.clicked_chip(st.session_state.get(key))
-    if not chip:
+def on_raster_click(root: str, aoi: str, key: str, grid: ChipGrid) -> None:
+    """Map click callback: the chip under the click gets the brush's class (or loses its label); a click off the
+    chips is ignored."""
+    pos = rastermap.clicked_position(grid, key)
+    if pos is None:
         return
+    chip = str(grid.chip_ids[pos])
     _apply_safely(root, aoi, st.session_state.get(labelset_key(aoi)), [chip], st.session_state.get(BRUSH_KEY, "present"),
                   "map")
     st.session_state[chip_key(aoi)] = chip
-    _bump_map(aoi)
 
 
 def on_review(root: str, aoi: str, name: str, chip_id: str, label: str, source: str) -> None:
@@ -288,24 +287,34 @@ def show_all_aois(root: str, aois: Sequence[str], aoi: str, model: str, represen
         st.caption(f"Not mapped (no {representation} embeddings of this model yet): {', '.join(skipped)}.")
 
 
-def colorbar_numbers(scale: maps.ColorScale) -> str:
-    """The colour bar's numbers: low, middle, high."""
-    mid = (scale.lo + scale.hi) / 2
-    return f"{scale.lo:.2f}  ·  {mid:.2f}  ·  {scale.hi:.2f}  ({scale.title}; grey: no data)"
+MAX_LABEL_MARKS = 5000
+"""At most this many labelled chips are marked on the map (the latest); each is a small element in the browser."""
 
 
-def outlines(geometry: maps.ChipGeometry, lookup: dict[str, int], label_set: LabelSet,
-             suggested: Sequence[int] = ()) -> list[dict]:
-    """Outlines of the labelled chips in their class colour and of the suggested chips (cyan, numbered)."""
+def marks(grid: ChipGrid, lookup: dict[str, int], label_set: LabelSet, suggested: Sequence[int] = (),
+          clicked: str | None = None) -> tuple[list[dict], list[dict]]:
+    """(marks, legend keys) of the map: labelled chips filled in their class colour, the suggested chips (dashed,
+    numbered) and the last clicked chip; `lookup`: chip id -> row of the map's values (= store position)."""
+    table = label_set.labels.tail(MAX_LABEL_MARKS)
+    table = table.assign(pos=table["chip_id"].astype(str).map(lookup)).dropna(subset=["pos"])
     out: list[dict] = []
+    keys: list[dict] = []
     palette = _palette(label_set)
-    table = label_set.labels
     for cls, rgba in palette.items():
-        ids = table.loc[table["label"] == cls, "chip_id"].tolist()
-        pos = [lookup[c] for c in ids if c in lookup]
-        out += maps.outline_records(geometry, pos, rgba, [cls] * len(pos))
-    out += maps.outline_records(geometry, list(suggested), maps.QUERY_RGBA, [f"suggestion {i + 1}" for i in range(len(suggested))])
-    return out
+        here = table[table["label"] == cls]
+        out += maps.chip_marks(grid, here["pos"].astype(np.int64), "label", [cls] * len(here), color=rgba[:3])
+        keys.append({"text": cls, "kind": "label", "color": list(rgba[:3])})
+    if not palette and len(table):
+        # A fraction label set has no classes: one neutral mark per labelled chip, its value in the hover title.
+        out += maps.chip_marks(grid, table["pos"].astype(np.int64), "label", [f"{v:.2f}" for v in table["value"]])
+        keys.append({"text": "labelled", "kind": "label"})
+    out += maps.chip_marks(grid, list(suggested), "suggested", [str(i + 1) for i in range(len(suggested))])
+    if len(suggested):
+        keys.append({"text": "label next", "kind": "suggested"})
+    if clicked in lookup:
+        out += maps.chip_marks(grid, [lookup[clicked]], "clicked")
+        keys.append({"text": "last clicked", "kind": "clicked"})
+    return out, keys
 
 
 def _palette(label_set: LabelSet) -> dict[str, tuple]:
@@ -318,10 +327,10 @@ def _palette(label_set: LabelSet) -> dict[str, tuple]:
 
 
 def legend_classes(label_set: LabelSet) -> str:
-    """Legend of the outlines."""
+    """Legend of the marks (also under the map as coloured keys)."""
     if label_set.kind == "binary":
-        return "Outlines: green = present, red = absent, cyan = suggested next."
-    return "Outlines: labelled chips in their class colour, cyan = suggested next."
+        return "Marks: green = present, red = absent, dashed cyan = suggested next, magenta = last clicked."
+    return "Marks: labelled chips in their class colour, dashed cyan = suggested next, magenta = last clicked."
 
 
 # ----------------------------------------------------------------------------------------- galleries

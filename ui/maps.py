@@ -502,12 +502,14 @@ def legend_spec(scale: ColorScale, units: str, n_ticks: int = 5) -> dict:
             "nan": "rgb({},{},{})".format(*NAN_RGBA[:3])}
 
 
-MARK_KINDS = ("query", "result", "positive", "negative")
-"""Kinds of chip marks drawn over a score raster (query blue, results black, positives green, negatives red)."""
+MARK_KINDS = ("query", "result", "positive", "negative", "label", "suggested", "clicked")
+"""Kinds of chip marks drawn over a score raster: query blue, results black, positives green, negatives red;
+labelled chips filled in their class colour (`color`), suggested chips dashed cyan, the last clicked chip magenta."""
 
 
-def chip_marks(grid: ChipGrid, positions: Sequence[int], kind: str, labels: Sequence[str] | None = None) -> list[dict]:
-    """Marks of a few chips over a score raster: raster row/col, kind and a short label."""
+def chip_marks(grid: ChipGrid, positions: Sequence[int], kind: str, labels: Sequence[str] | None = None,
+               color: Sequence[int] | None = None) -> list[dict]:
+    """Marks of a few chips over a score raster: raster row/col, kind, a short label and optionally an RGB colour."""
     if kind not in MARK_KINDS:
         raise ValueError(f"unknown mark kind {kind!r}; use one of {MARK_KINDS}")
     positions = np.asarray(list(positions), dtype=np.int64)
@@ -515,4 +517,6 @@ def chip_marks(grid: ChipGrid, positions: Sequence[int], kind: str, labels: Sequ
         return []
     rows, cols = grid.cells_of(positions)
     labels = list(labels) if labels is not None else [""] * len(positions)
-    return [{"r": int(r), "c": int(c), "kind": kind, "label": str(t)} for r, c, t in zip(rows.tolist(), cols.tolist(), labels)]
+    extra = {"color": [int(v) for v in list(color)[:3]]} if color is not None else {}
+    return [{"r": int(r), "c": int(c), "kind": kind, "label": str(t), **extra}
+            for r, c, t in zip(rows.tolist(), cols.tolist(), labels)]

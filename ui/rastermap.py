@@ -44,6 +44,10 @@ _CSS = """
 .eo-mark.positive { border: 2px solid rgb(0,170,80); background: rgba(0,170,80,0.35); z-index: 2; }
 .eo-mark.negative { border: 2px solid rgb(220,30,30); background: rgba(220,30,30,0.35); z-index: 2; }
 .eo-mark.pending { border: 2px dashed rgb(255,0,255); z-index: 4; }
+.eo-mark.label { border: 2px solid rgb(90,90,90); background: rgba(90,90,90,0.35); z-index: 2; }
+.eo-mark.label span { display: none; }
+.eo-mark.suggested { border: 2px dashed rgb(0,174,239); box-shadow: 0 0 0 1px #fff; z-index: 2; }
+.eo-mark.clicked { border: 3px solid rgb(255,0,255); box-shadow: 0 0 0 1px #fff; z-index: 3; }
 .eo-mark span { position: absolute; left: 100%; top: -4px; font-size: 10px; background: rgba(255,255,255,0.8); padding: 0 2px; }
 .eo-tools { position: absolute; right: 8px; top: 8px; display: flex; flex-direction: column; gap: 4px; z-index: 5; }
 .eo-tools button { width: 28px; height: 28px; border: 1px solid #bbb; background: #fff; border-radius: 4px; cursor: pointer; font-size: 16px; line-height: 1; }
@@ -68,6 +72,8 @@ export default function (component) {
   const marksEl = root.querySelector('.eo-marks');
   const hover = root.querySelector('.eo-hover');
   const rows = data.rows, cols = data.cols;
+  // Mark labels and legend keys can be user text (class names): escape before innerHTML.
+  const esc = (s) => String(s).replace(/[&<>"']/g, (ch) => ({ '&': '&amp;', '<': '&lt;', '>': '&gt;', '"': '&quot;', "'": '&#39;' })[ch]);
   frame.style.height = data.height + 'px';
   if (img.getAttribute('src') !== data.image) img.setAttribute('src', data.image);
 
@@ -93,8 +99,11 @@ export default function (component) {
     const left = (m.c + 0.5) / cols * 100, top = (m.r + 0.5) / rows * 100;
     const size = `max(${10 / view.k}px, ${100 / cols}%)`;
     const hsize = `max(${10 / view.k}px, ${100 / rows}%)`;
-    const label = m.label ? `<span>${m.label}</span>` : '';
-    html.push(`<div class="eo-mark ${m.kind}" title="${m.kind} ${m.label}" style="left:${left}%;top:${top}%;width:${size};height:${hsize}">${label}</div>`);
+    const label = m.label ? `<span>${esc(m.label)}</span>` : '';
+    // An optional per-mark colour (e.g. a labelled chip's class) overrides the kind's border (and fill).
+    const rgb = m.color ? m.color.join(',') : '';
+    const colour = rgb ? `border-color:rgb(${rgb});` + (m.kind === 'label' ? `background:rgba(${rgb},0.35);` : '') : '';
+    html.push(`<div class="eo-mark ${m.kind}" title="${esc(m.kind + ' ' + m.label)}" style="left:${left}%;top:${top}%;width:${size};height:${hsize};${colour}">${label}</div>`);
   }
   marksEl.innerHTML = html.join('');
 
@@ -157,6 +166,14 @@ export default function (component) {
   if (kinds.has('result')) keys.push('<i style="border:2px solid rgb(20,20,20)"></i>results');
   if (kinds.has('positive')) keys.push('<i style="background:rgb(0,170,80)"></i>positive');
   if (kinds.has('negative')) keys.push('<i style="background:rgb(220,30,30)"></i>negative');
+  // Extra keys from the page (e.g. the classes of a label set): text, mark kind, optional colour.
+  for (const k of (data.keys || [])) {
+    const rgb = k.color ? k.color.join(',') : '90,90,90';
+    const style = k.kind === 'suggested' ? 'border:2px dashed rgb(0,174,239)'
+      : k.kind === 'clicked' ? 'border:2px solid rgb(255,0,255)'
+      : `border:2px solid rgb(${rgb});background:rgba(${rgb},0.35)`;
+    keys.push(`<i style="${style}"></i>${esc(k.text)}`);
+  }
   root.querySelector('.eo-keys').innerHTML = keys.join('') + (data.note ? ` · ${data.note}` : '');
 }
 """
@@ -177,12 +194,15 @@ def raster_map(
     action: str = "search from that chip",
     note: str = "",
     view_id: str = "",
+    keys: list[dict] | None = None,
 ) -> object:
-    """Mount the score map; a click (when `on_click` is given) sets the trigger read by `clicked_position`."""
+    """Mount the score map; a click (when `on_click` is given) sets the trigger read by `clicked_position`;
+    `keys`: extra legend keys ({"text", "kind", optional "color": [r, g, b]}), e.g. a label set's classes."""
     data = {
         "image": image_url, "rows": int(grid.shape[0]), "cols": int(grid.shape[1]), "row0": grid.row0,
         "col0": grid.col0, "aspect": float(aspect), "height": int(height), "marks": marks, "legend": legend,
         "clickable": on_click is not None, "action": action, "note": note, "view_id": view_id or key,
+        "keys": keys or [],
     }
     kwargs = {"on_click_change": on_click} if on_click is not None else {}
     return _COMPONENT(key=key, data=data, height=height + 110, **kwargs)
