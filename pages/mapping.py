@@ -110,7 +110,7 @@ with page_guard("label & map"):
     # and clicks dropped by deck.gl picking under software WebGL); a click is resolved to the chip under it.
     marks, keys = labelling.marks(grid, lookup, label_set, suggested, chip)
     key = labelling.raster_key(ctx.aoi)
-    note = f"grey: no {space_name(rep)} embedding" + (" · simulated AOI" if store.meta.simulated else "")
+    note = f"n/a: no {space_name(rep)} embedding" + (" · simulated AOI" if store.meta.simulated else "")
     rastermap.raster_map(grid, maps.png_data_url(maps.score_png(grid, values, scale)),
                          maps.legend_spec(scale, _unit(scale.title)), marks, key=key, aspect=maps.cell_aspect(grid),
                          height=540, note=note, view_id=ctx.aoi, keys=keys, action=f"label it {brush}",
