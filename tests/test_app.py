@@ -7,6 +7,8 @@ changes it (builds a step, saves labels, writes a projection) works on its own c
 
 from __future__ import annotations
 
+import base64
+import io
 import json
 import re
 import shutil
@@ -17,6 +19,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from PIL import Image
 from shapely.geometry import box
 from streamlit.testing.v1 import AppTest
 
@@ -256,7 +259,7 @@ def test_mapping_applied_to_all_aois_counts_detections_per_aoi(own_ws):
     at.run()
     at.switch_page("pages/mapping.py").run()
     assert_clean(at)
-    assert len(at.get("deck_gl_json_chart")) == 1  # off by default: one map
+    assert len(at.get("bidi_component")) == 1 and not at.get("deck_gl_json_chart")  # off by default: one map
     at.toggle(key="map_all_aois").set_value(True).run()
     assert_clean(at)
     table = next(d.value for d in at.dataframe if "detections" in d.value.columns)
@@ -264,8 +267,14 @@ def test_mapping_applied_to_all_aois_counts_detections_per_aoi(own_ws):
     assert (table["chips mapped"] > 0).all()
     here = int(str(next(m.value for m in at.metric if m.label == "Detections")).split()[0])
     assert int(table.loc[table["AOI"] == "conus", "detections"].iloc[0]) == here  # the same map on its own AOI
-    overview = {layer["id"]: layer for layer in json.loads(at.get("deck_gl_json_chart")[1].proto.json)["layers"]}
-    assert len(overview[maps.OVERVIEW_POINT_LAYER]["data"]) == int(table["detections"].sum())
+    # One raster map per AOI (one pixel per chip), coloured by the prediction from the threshold up.
+    overviews = [json.loads(c.proto.json) for c in at.get("bidi_component")[1:]]
+    assert len(overviews) == 2 and not at.get("deck_gl_json_chart")
+    for data, (_, row) in zip(overviews, table.iterrows()):
+        levels = np.asarray(Image.open(io.BytesIO(base64.b64decode(data["image"].split(",", 1)[1]))))
+        assert levels.size == 100 and int((levels < 254).sum()) == row["chips mapped"]  # 254: n/a, 255: no chip
+        assert int(((levels > 0) & (levels < 254)).sum()) <= row["detections"]  # below the threshold: level 0
+        assert data["legend"]["title"] == "prediction" and data["legend"]["ticks"][0]["text"] == "0.5"
     assert any("applied to every AOI" in t and "Simulated AOIs." in t for t in texts(at.caption))
     # A higher threshold: fewer (or as many) detections in every AOI.
     at.slider(key="map_threshold").set_value(0.9).run()
