@@ -145,7 +145,8 @@ def test_mapping_legend(server, page):
     page.goto(server + "/mapping?aoi=conus&labels=fields", wait_until="domcontentloaded")
     page.get_by_text("chips detected of").first.wait_for(timeout=WAIT)
     _settle(page, 2_500)
-    page.get_by_text("Click a chip to label it").first.scroll_into_view_if_needed()  # the colour bar above it
+    # The raster map with its colour bar and keys at the bottom of the screen.
+    page.locator(".eo-legend").first.evaluate("e => e.scrollIntoView({block: 'end'})")
     page.wait_for_timeout(1_000)
     page.screenshot(path=str(ARTIFACTS / "mapping-legend.png"))
     _no_traceback(page)
