@@ -247,7 +247,7 @@ def show_all_aois(root: str, aois: Sequence[str], aoi: str, model: str, represen
     chips the dots of the capped 20 K highest detections were 5.5 MB of JSON per rerun (1 s to build), and the
     chip footprints they need took 6 s per AOI to prepare.
     """
-    rows, maps_, skipped = [], [], []
+    rows, rasters, skipped = [], [], []
     for a in aois:
         try:
             grid = cache.grid(root, a)
@@ -270,7 +270,7 @@ def show_all_aois(root: str, aois: Sequence[str], aoi: str, model: str, represen
         pos = pd.Index(grid.chip_ids).get_indexer(np.asarray(emb.chip_ids).astype(str))
         values = np.full(len(grid), np.nan)
         values[pos[pos >= 0]] = np.asarray(predictions, dtype=np.float64)[pos >= 0]
-        maps_.append((a, grid, values, simulated))
+        rasters.append((a, grid, values, simulated))
     st.subheader("Applied to all AOIs")
     if not rows:
         st.info("No AOI has embeddings of this model yet: build them on the Home page.")
@@ -282,9 +282,9 @@ def show_all_aois(root: str, aois: Sequence[str], aoi: str, model: str, represen
     # Below the threshold every chip gets the darkest colour (the scale is clipped): the bright chips are detections.
     scale = maps.color_scale("similarity", float(threshold), 1.0, title="prediction")
     units = f"detections ≥ {threshold:.2f}; darkest: below"
-    for start in range(0, len(maps_), OVERVIEW_COLUMNS):
+    for start in range(0, len(rasters), OVERVIEW_COLUMNS):
         cols = st.columns(OVERVIEW_COLUMNS)
-        for col, (a, grid, values, simulated) in zip(cols, maps_[start:start + OVERVIEW_COLUMNS]):
+        for col, (a, grid, values, simulated) in zip(cols, rasters[start:start + OVERVIEW_COLUMNS]):
             with col:
                 st.caption(f"**{a}**: {len(grid):,} chips")
                 rastermap.score_map(grid, values, scale, units=units, key=overview_key(a), height=260,
