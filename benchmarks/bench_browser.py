@@ -8,7 +8,8 @@ For each workspace given (e.g. a 2 K-chip and a 150 K-chip simulated AOI) it mea
 - click -> results: a mouse click on the map until the results for the chip under it are on the page,
   over `--clicks` clicks at random places (a click whose results never come within 20 s is dropped);
 - slider -> metrics: the probes page's label-budget slider moved one step until new metrics show;
-- concurrent: `--sessions` browser sessions each click the map at the same moment (median and worst).
+- concurrent: `--sessions` browser sessions each click the map at the same moment (median and worst), with the
+  CPU seconds the server and the browsers spent meanwhile (where the time goes on a shared machine).
 
     python -m benchmarks.bench_browser --workspace 2k=workspace/demo-2k --workspace 150k=workspace/demo-150k
 
@@ -21,6 +22,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import re
 import statistics
 import sys
@@ -124,16 +126,46 @@ async def slider_to_metrics(page: Page, url: str, steps: int = 3, timeout_ms: in
     return {"first_s": first, "steps_s": times}
 
 
-async def concurrent_clicks(browser, url: str, grid: ChipGrid, sessions: int, seed: int) -> list[float | None]:
-    """`sessions` browser sessions open the map, then all click a different chip at the same moment."""
+def cpu_seconds(command_part: str) -> float:
+    """CPU seconds (user + system) used so far by this process's descendants whose command line has `command_part`."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                parent = int(Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):  # the process ended meanwhile
+                continue
+            children.setdefault(parent, []).append(int(entry))
+    todo, total, tick = list(children.get(os.getpid(), [])), 0.0, os.sysconf("SC_CLK_TCK")
+    while todo:
+        pid = todo.pop()
+        todo += children.get(pid, [])
+        try:
+            if command_part in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace"):
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+                total += (int(fields[11]) + int(fields[12])) / tick
+        except (OSError, IndexError, ValueError):
+            continue
+    return total
+
+
+async def concurrent_clicks(browser, url: str, grid: ChipGrid, sessions: int, seed: int) -> dict:
+    """`sessions` browser sessions open the map, then all click a different chip at the same moment.
+
+    Returns the seconds of each ("seconds") and the CPU seconds the server and the browsers spent from the
+    clicks until the last result was on the page ("cpu").
+    """
     contexts = [await browser.new_context(viewport=VIEWPORT) for _ in range(sessions)]
     pages = [await c.new_page() for c in contexts]
     try:
         await asyncio.gather(*(open_map(p, url) for p in pages))
+        await asyncio.sleep(2.0)  # let the pages settle: their loading work is not the clicks'
         rng = np.random.default_rng(seed)
         spots = rng.uniform(0.05, 0.95, size=(sessions, 2))
+        server0, browsers0 = cpu_seconds("streamlit"), cpu_seconds("chromium")
         results = await asyncio.gather(*(click_chip(p, grid, u, v, 60_000) for p, (u, v) in zip(pages, spots)))
-        return [r["seconds"] for r in results]
+        cpu = {"server": cpu_seconds("streamlit") - server0, "browsers": cpu_seconds("chromium") - browsers0}
+        return {"seconds": [r["seconds"] for r in results], "cpu": cpu}
     finally:
         for c in contexts:
             await c.close()
@@ -236,8 +268,10 @@ def table(results: list[dict], sessions: int) -> str:
             med, worst, lost = _stats(s["steps_s"])
             slider.append(f"{_fmt(med)} / {_fmt(worst)} (first page {_fmt(s['first_s'])}{', %d timed out' % lost if lost else ''})")
     rows.append(("probes slider -> metrics, median / worst", slider))
-    conc = [_stats(r["concurrent"]) for r in results]
+    conc = [_stats(r["concurrent"]["seconds"]) for r in results]
     rows.append((f"{sessions} sessions click at once: median / worst", [f"{_fmt(c[0])} / {_fmt(c[1])}" + (f" ({c[2]} dropped)" if c[2] else "") for c in conc]))
+    rows.append(("  CPU meanwhile: server / browsers", [f"{_fmt(r['concurrent']['cpu']['server'])} / "
+                                                        f"{_fmt(r['concurrent']['cpu']['browsers'])}" for r in results]))
     width = max(len(k) for k, _ in rows) + 2
     cols = [max(len(r["name"]), *(len(v[i]) for _, v in rows)) + 2 for i, r in enumerate(results)]
     lines = ["".ljust(width) + "".join(r["name"].ljust(c) for r, c in zip(results, cols))]

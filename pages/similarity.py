@@ -6,7 +6,6 @@ import functools
 import time
 
 import streamlit as st
-from threadpoolctl import threadpool_limits
 
 from core.representations import RepresentationError, external_names
 from core.search import SPACES, SearchRequest, search_chips, space_name
@@ -77,7 +76,7 @@ with page_guard("similarity search"):
             negatives=tuple(st.session_state.get(search.refs_key(ctx.aoi, "neg"), [])),
         )
         # One BLAS/OpenMP thread per request: concurrent sessions share the cores instead of fighting.
-        with threadpool_limits(limits=search.REQUEST_THREADS):
+        with search.request_threads():
             result = search_chips(request, embs, indexes, lookups)
         result.results.attrs["query"] = chip_id
         if skipped:

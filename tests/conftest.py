@@ -8,12 +8,28 @@ import numpy as np
 import pandas as pd
 import pytest
 from shapely.geometry import box
+from streamlit.runtime.media_file_manager import MediaFileManager
 
 from data.samples import shared_data_dir
 from data.store import ChipStore, ChipStoreWriter, StoreMeta
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = shared_data_dir()
+
+
+@pytest.fixture
+def deferred(monkeypatch) -> dict:
+    """file_id -> the callable a deferred st.download_button registered (what a click on it would run)."""
+    found: dict = {}
+    original = MediaFileManager.add_deferred
+
+    def record(self, data_callable, *args, **kwargs):
+        file_id = original(self, data_callable, *args, **kwargs)
+        found[file_id] = data_callable
+        return file_id
+
+    monkeypatch.setattr(MediaFileManager, "add_deferred", record)
+    return found
 
 
 def make_meta(aoi: str = "tiny", chip_size: int = 8, channels: dict | None = None) -> StoreMeta:

@@ -8,6 +8,7 @@ changes it (builds a step, saves labels, writes a projection) works on its own c
 from __future__ import annotations
 
 import base64
+import html
 import io
 import json
 import re
@@ -104,6 +105,19 @@ def assert_clean(at: AppTest) -> None:
     assert not at.error, [e.value for e in at.error]
 
 
+def gallery_rows(at: AppTest) -> dict[str, list[str]]:
+    """The thumbnail gallery's rows on the page: {row title: the captions of its thumbnails, in order}."""
+    rows: dict[str, list[str]] = {}
+    for element in at.get("html"):
+        body = element.proto.body
+        if 'class="eo-gallery"' not in body:
+            continue
+        for title, row in re.findall(r'<div class="eo-row-title">(.*?)</div><div class="eo-row">(.*?)</div>', body, re.S):
+            rows[html.unescape(title)] = [html.unescape(c.replace("<br>", "\n"))
+                                          for c in re.findall(r"<figcaption>(.*?)</figcaption>", row, re.S)]
+    return rows
+
+
 def texts(elements) -> list[str]:
     return [str(e.value) for e in elements]
 
@@ -139,10 +153,11 @@ def test_home_build_button_builds_the_missing_step(own_ws):
 
 # ----------------------------------------------------------------------------------------- similarity
 def _results(at: AppTest) -> pd.DataFrame:
-    return next(d.value for d in at.dataframe if "score" in d.value.columns)
+    """The similarity results table (a static st.table) as a DataFrame."""
+    return next(t.value for t in at.table if "score" in t.value.columns)
 
 
-def test_similarity_pick_a_chip_shows_results_and_gallery(app_ws):
+def test_similarity_pick_a_chip_shows_results_and_gallery(app_ws, deferred):
     at = open_page("pages/similarity.py")
     assert any("Click a chip" in t for t in texts(at.info))
     at.selectbox(key="sim_colour_task").set_value("cropland").run()
@@ -155,9 +170,17 @@ def test_similarity_pick_a_chip_shows_results_and_gallery(app_ws):
     assert picker.options[12] not in set(res["chip_id"])  # the query itself is not a result
     assert set(res["kind"]) == {"simulated"}
     assert "Top results" in texts(at.subheader)
-    thumbs = [len(img.proto.imgs) for img in at.get("image")]
-    assert thumbs == [11, 11, 11]  # one row per modality: the query and 10 results (the colour bar is in the map)
-    assert {b.proto.label for b in at.get("download_button")} == {"Download GeoJSON", "Download CSV"}
+    rows = gallery_rows(at)
+    assert [len(r) for r in rows.values()] == [11, 11, 11]  # one row per modality: the query and 10 results
+    assert all(r[0].startswith("query") for r in rows.values())
+    buttons = {b.proto.label: b.proto.deferred_file_id for b in at.get("download_button")}
+    assert set(buttons) == {"Download GeoJSON", "Download CSV"}
+    # The files are built when the button is pressed: the results with their polygons, marked simulated.
+    doc = json.loads(deferred[buttons["Download GeoJSON"]]())
+    assert [f["properties"]["chip_id"] for f in doc["features"]] == res["chip_id"].tolist()
+    assert all(f["properties"]["simulated"] for f in doc["features"])
+    csv = pd.read_csv(io.BytesIO(deferred[buttons["Download CSV"]]()))
+    assert csv["chip_id"].astype(str).tolist() == res["chip_id"].tolist() and "geometry_wkt" in csv
 
     # Cross-modal: query with SAR, search optical -> other scores.
     at.selectbox(key="sim_query_space").set_value("s1amp").run()

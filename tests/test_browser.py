@@ -80,8 +80,10 @@ def test_click_a_chip_shows_similar_chips(server: str, browser, app_workspace: P
     page.get_by_text("Sentinel-2 RGB").first.scroll_into_view_if_needed()
     page.wait_for_timeout(500)
     page.screenshot(path=str(ARTIFACTS / "similarity-results-gallery.png"))
-    thumbs = page.locator("[data-testid='stImage'] img, [data-testid='stImageContainer'] img")
+    thumbs = page.locator(".eo-gallery img")
     assert thumbs.count() >= 3, "the results gallery shows no thumbnails"
+    decoded = thumbs.evaluate_all("imgs => imgs.filter(i => i.complete && i.naturalWidth > 0).length")
+    assert decoded == thumbs.count(), f"only {decoded} of {thumbs.count()} thumbnails were drawn"
     assert not page.get_by_text("Traceback").count(), "a traceback reached the page"
 
     # The rest of the main flow: a live probe, then the embedding explorer.

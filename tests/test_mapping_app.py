@@ -20,16 +20,16 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 from PIL import Image
-from streamlit.runtime.media_file_manager import MediaFileManager
 from streamlit.testing.v1 import AppTest
 
 from core import pipeline
 from core.checkpoint import save_checkpoint
+from core.grid import ChipGrid
 from core.model import ModelConfig, MultiModalViT
 from data.labelsets import load_label_set, list_label_sets
 from data.simulate import simulate_store
 from data.workspace import Workspace
-from core.grid import ChipGrid
+from tests.test_app import gallery_rows
 
 REPO = Path(__file__).resolve().parents[1]
 APP = str(REPO / "app.py")
@@ -61,21 +61,6 @@ def ws(template_ws, tmp_path, monkeypatch) -> Workspace:
     monkeypatch.setenv("EO_WORKSPACE", str(root))
     monkeypatch.setenv("EO_CHECKPOINT", CHECKPOINT_NAME)
     return Workspace(root)
-
-
-@pytest.fixture
-def deferred(monkeypatch) -> dict:
-    """file_id -> the callable a deferred st.download_button registered (what a click on it would run)."""
-    found: dict = {}
-    original = MediaFileManager.add_deferred
-
-    def record(self, data_callable, *args, **kwargs):
-        file_id = original(self, data_callable, *args, **kwargs)
-        found[file_id] = data_callable
-        return file_id
-
-    monkeypatch.setattr(MediaFileManager, "add_deferred", record)
-    return found
 
 
 def assert_clean(at: AppTest) -> None:
@@ -272,8 +257,8 @@ def test_similarity_results_label_into_the_active_set_and_the_query_is_in_the_ur
     flat = {k: (v[0] if isinstance(v, list) else v) for k, v in dict(at.query_params).items()}
     assert flat["aoi"] == AOI and flat["chip"] == query
     # The gallery starts with the query chip itself.
-    gallery = [img for img in at.get("image") if len(img.proto.imgs) == 11]
-    assert gallery and gallery[0].proto.imgs[0].caption.startswith("query")
+    rows = list(gallery_rows(at).values())
+    assert rows and len(rows[0]) == 11 and rows[0][0].startswith("query")
     # Accept a result into the label set that is active on the mapping page.
     assert at.selectbox(key=f"sim_labelset::{AOI}").value == "roads"
     accept = [b.key for b in at.button if b.key and b.key.startswith("sim_lab_present_")]

@@ -6,14 +6,17 @@ positives, negatives) lives in st.session_state, one per AOI.
 
 from __future__ import annotations
 
-from typing import Sequence
+import functools
+from typing import ContextManager, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 import streamlit as st
+from threadpoolctl import ThreadpoolController
 
 from core.grid import ChipGrid
 from core.search import SearchResult, split_ref
+from data.modalities import LABEL_TASKS
 from data.store import ChipStore, StoreError
 from ui import cache, export, maps, rastermap
 from ui.gallery import show_gallery
@@ -21,6 +24,19 @@ from ui.gallery import show_gallery
 REQUEST_THREADS = 1
 """BLAS/OpenMP threads of one search: a 150 K-chip search is ~10 ms on one core, and ten sessions at once on
 two cores are fastest when none of them oversubscribes (threadpoolctl caps it per request)."""
+
+
+@functools.cache
+def _threadpools() -> ThreadpoolController:
+    # Finding the loaded BLAS/OpenMP libraries costs ~8 ms (threadpool_limits does it on every call): once per process.
+    return ThreadpoolController()
+
+
+def request_threads() -> ContextManager:
+    """A context in which this request's BLAS/OpenMP thread pools are capped at REQUEST_THREADS."""
+    return _threadpools().limit(limits=REQUEST_THREADS)
+
+
 SELECTBOX_MAX = 5000
 """Up to this many chips the chip-id fallback is a selectbox; beyond, a text box (a 150 K option list is slow)."""
 
@@ -177,7 +193,11 @@ def show_results(root: str, aoi: str, result: SearchResult, modalities: Sequence
     frame = export.results_frame(table, {a: s.index for a, s in stores.items()})
     kinds = {a: ("simulated" if s.meta.simulated else "real") for a, s in stores.items()}
     shown = frame.drop(columns="geometry").assign(kind=frame["aoi"].map(kinds)).drop(columns=["simulated"])
-    st.dataframe(shown, hide_index=True, width="stretch", column_config={"score": st.column_config.NumberColumn(format="%.3f")})
+    # A static table, not st.dataframe: at most 50 rows need no scrolling grid, and the grid's canvas was a large
+    # share of the browser's work per click when ten sessions search at once (benchmarks/bench_browser.py).
+    fractions = [t for t in LABEL_TASKS if t in shown.columns]
+    st.table(shown.style.format({"score": "{:.3f}", **{t: "{:.2f}" for t in fractions}}, na_rep="n/a"),
+             hide_index=True, border="horizontal")
     if any(k == "simulated" for k in kinds.values()):
         st.caption("These chips are simulated (procedural data at real coordinates), not observations.")
 
@@ -204,5 +224,7 @@ def show_results(root: str, aoi: str, result: SearchResult, modalities: Sequence
 
     d1, d2, _ = st.columns([1, 1, 3])
     stem = f"similar-to-{aoi}-{table.attrs.get('query', 'query')}"
-    d1.download_button("Download GeoJSON", export.to_geojson(frame), f"{stem}.geojson", "application/geo+json", key="sim_dl_geojson")
-    d2.download_button("Download CSV", export.to_csv(frame), f"{stem}.csv", "text/csv", key="sim_dl_csv")
+    # The files are built when a button is pressed (a callable), not on every click of the map.
+    d1.download_button("Download GeoJSON", functools.partial(export.to_geojson, frame), f"{stem}.geojson",
+                       "application/geo+json", key="sim_dl_geojson")
+    d2.download_button("Download CSV", functools.partial(export.to_csv, frame), f"{stem}.csv", "text/csv", key="sim_dl_csv")
