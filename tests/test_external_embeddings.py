@@ -275,7 +275,7 @@ def test_similarity_page_searches_an_external_representation(ws, tmp_path, monke
     at.selectbox(key="sim_chip::" + AOI).select(chip).run()
     assert not at.exception, [e.value for e in at.exception]
     assert not at.error, [e.value for e in at.error]
-    results = next(d.value for d in at.dataframe if "score" in d.value.columns)
+    results = next(t.value for t in at.table if "score" in t.value.columns)
     assert len(results) == 10
     rep = load_representation(ws, AOI, MODEL, "alphaearth")
     q = rep.X[list(rep.chip_ids).index(chip)]

@@ -276,7 +276,7 @@ def test_similarity_results_label_into_the_active_set_and_the_query_is_in_the_ur
     reload.switch_page("pages/similarity.py").run()
     assert_clean(reload)
     assert reload.selectbox(key=f"sim_chip::{AOI}").value == query
-    assert any(d.value is not None and "score" in d.value.columns for d in reload.dataframe)
+    assert any(t.value is not None and "score" in t.value.columns for t in reload.table)
 
 
 def test_labels_without_features_in_a_modality_warn_and_keep_the_map(ws):

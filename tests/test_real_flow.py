@@ -78,7 +78,7 @@ def test_app_lists_the_real_store_and_searches_it(flood_ws, monkeypatch):
     picker = at.selectbox(key="sim_chip::flood_spain")
     picker.set_value(picker.options[3]).run()
     assert not at.exception and not at.error, [e.value for e in at.error]
-    res = next(d.value for d in at.dataframe if "score" in d.value.columns)
+    res = next(t.value for t in at.table if "score" in t.value.columns)
     assert len(res) == 10 and set(res["kind"]) == {"real"}
 
 
