@@ -21,7 +21,7 @@ labels) and frozen, so fitting a draw fits the estimator only.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable, Sequence
 
 import numpy as np
@@ -394,21 +394,52 @@ def _draw_rng(seed: int, budget: int | None) -> np.random.Generator:
     return np.random.default_rng([int(seed), 0 if budget is None else int(budget)])
 
 
-def fit_probe(X: np.ndarray, y: np.ndarray, *, task: str, estimator: str = "ridge", budget: int | str | None = None,
-              repeats: int = 10, seed: int = 0, pool: np.ndarray | None = None, test: np.ndarray | None = None,
-              presence_threshold: float = 0.05, test_fraction: float = 0.3, n_jobs: int = 2,
-              valid: np.ndarray | None = None, standardised: bool = False,
-              predict_all: bool = True) -> ProbeResult:
-    """Probe one task at one label budget: `repeats` random draws of `budget` pool chips, scored on the test set.
+@dataclass(frozen=True)
+class ProbeData:
+    """A probe's validated inputs, shared by every estimator, budget and draw on one feature set and task:
+    the features, the labels, which rows are usable, the fixed split and the frozen scaler."""
 
-    valid: optional bool [N], rows whose features mean something (e.g. the embedding's presence flag: a
-    chip without the modality has a zero vector, finite but meaningless). Invalid rows are treated like
-    rows with NaN features: left out of the split and the standardisation, and predicted as NaN.
-    standardised: X is already standardised (e.g. by `standardise`, once per feature set): skip it here.
-    predict_all: fill `all_predictions` (one extra prediction over every row); False leaves it all-NaN.
-    """
+    task: str
+    X: np.ndarray                         # [N, D] features as given (rows outside `usable` are never read)
+    y: np.ndarray                         # [N] float64 label fractions, NaN unknown
+    usable: np.ndarray                    # [N] bool: finite features (and valid)
+    pool: np.ndarray                      # [n_pool] rows of the training pool
+    test: np.ndarray                      # [n_test] rows of the held-out test set
+    test_features: np.ndarray             # [n_test, D] float64 features of the test rows
+    scaler: StandardScaler | None         # fitted on every usable row (labels unused); None: no scaling
+    seed: int
+    presence_threshold: float
+
+    def features(self, rows: np.ndarray | None = None) -> np.ndarray:
+        """float64 features of `rows` (every row when None); unusable rows are zeros (they are never scored)."""
+        x = np.asarray(self.X if rows is None else self.X[rows], dtype=np.float64)
+        ok = self.usable if rows is None else self.usable[rows]
+        return x if ok.all() else np.where(ok[:, None], x, 0.0)
+
+    def target(self, estimator: str) -> np.ndarray:
+        """[N] what the estimator learns: presence (fraction > threshold) for the classifier, else the fraction."""
+        return (self.y > self.presence_threshold).astype(np.float64) if PROBES[estimator].presence else self.y
+
+
+@dataclass
+class ProbeDraw:
+    """One fitted draw of a probe: its test scores and, for the first draw, its predictions."""
+
+    draw: int                             # 0-based draw number (seeds the estimator)
+    scores: dict[str, float]
+    train_idx: np.ndarray                 # [n_train] rows it was fitted on
+    test_predictions: np.ndarray          # [n_test]
+    all_predictions: np.ndarray | None    # [N] when asked for (NaN where rows are not usable)
+    alpha: float | None = None
+    note: str | None = None
+
+
+def prepare_probe(X: np.ndarray, y: np.ndarray, *, task: str, seed: int = 0, pool: np.ndarray | None = None,
+                  test: np.ndarray | None = None, presence_threshold: float = 0.05, test_fraction: float = 0.3,
+                  valid: np.ndarray | None = None, scale: bool = True) -> ProbeData:
+    """Validate a probe's inputs and fix its split and scaler once (see `fit_probe` for the arguments);
+    scale=False when no scaled estimator will use it or the features are already standardised."""
     _check_task(task)
-    _check_estimator(estimator)
     X, y = _as_xy(X, y)
     finite_x = np.isfinite(X).all(axis=1)
     if valid is not None:
@@ -434,62 +465,144 @@ def fit_probe(X: np.ndarray, y: np.ndarray, *, task: str, estimator: str = "ridg
         if not finite_x[idx].all():
             raise ProbeError(f"the {name} holds chips with NaN features (e.g. a missing modality): exclude them "
                              "from the split's valid mask or impute the features")
-    budget = _check_budget(budget, len(pool))
+    # scaled once over every chip with valid features, inside each draw's pipeline (frozen): no labels used
+    scaler = fit_scaler(X, np.flatnonzero(finite_x)) if scale else None
+    return ProbeData(task=task, X=X, y=y, usable=finite_x, pool=pool, test=test,
+                     test_features=np.asarray(X[test], dtype=np.float64), scaler=scaler, seed=int(seed),
+                     presence_threshold=float(presence_threshold))
+
+
+def draw_train_sets(data: ProbeData, budget: int | str | None, repeats: int) -> list[np.ndarray]:
+    """The training rows of each of `repeats` draws at `budget` (the whole pool, once, for None/'all'),
+    from the (seed, budget) generator: draw d is the same whatever the number of repeats."""
+    budget = _check_budget(budget, len(data.pool))
     if repeats < 1:
         raise ProbeError(f"repeats must be >= 1, got {repeats}")
-    n_draws = 1 if budget is None else int(repeats)
-    n_train = len(pool) if budget is None else budget
+    if budget is None:
+        return [data.pool.copy()]
+    rng = _draw_rng(data.seed, budget)
+    return [np.sort(rng.choice(data.pool, size=budget, replace=False)) for _ in range(int(repeats))]
 
-    Z = np.asarray(X, dtype=np.float64)
-    # scaled once over every chip with valid features, inside each draw's pipeline (frozen): no labels used
-    scaler = fit_scaler(Z, np.flatnonzero(finite_x)) if PROBES[estimator].scaled and not standardised else None
-    if not (standardised and np.isfinite(Z).all()):
-        Z = np.where(finite_x[:, None], Z, 0.0)  # rows with NaN features get NaN predictions below
-    target = (y > presence_threshold).astype(np.float64) if estimator == "logistic" else y
-    t_true = target[test]
 
-    rng = _draw_rng(seed, budget)
+def fit_draw(data: ProbeData, estimator: str, train: np.ndarray, draw: int, *, n_jobs: int = 2,
+             predict_all: bool = False) -> ProbeDraw:
+    """Fit one draw on rows `train` and score it on the test set; predict every row too when `predict_all`."""
+    _check_estimator(estimator)
+    target = data.target(estimator)
+    fitted = _fit(estimator, data.scaler, data.features(train), target[train], seed=data.seed * 1000 + int(draw),
+                  n_jobs=n_jobs)
+    pred = fitted.predict(data.test_features)
+    if estimator != "logistic":
+        pred = np.clip(pred, 0.0, 1.0)
+    allp = None
+    if predict_all:
+        allp = np.where(data.usable, np.clip(fitted.predict(data.features()), 0.0, 1.0), np.nan)
+    return ProbeDraw(draw=int(draw), scores=_scores(estimator, target[data.test], pred), train_idx=train,
+                     test_predictions=pred, all_predictions=allp, alpha=fitted.alpha, note=fitted.note)
+
+
+def combine_draws(data: ProbeData, estimator: str, budget: int | None, draws: Sequence[ProbeDraw]) -> ProbeResult:
+    """The ProbeResult of draws made in order (metrics: mean and std over them; predictions of the first)."""
+    if not draws:
+        raise ProbeError("no draws to combine: fit at least one")
     scores: dict[str, list[float]] = {}
-    alphas: list[float] = []
+    alphas = [d.alpha for d in draws if d.alpha is not None]
     notes: list[str] = []
-    first_train = first_test_pred = first_all = None
-    for d in range(n_draws):
-        train = pool.copy() if budget is None else np.sort(rng.choice(pool, size=budget, replace=False))
-        fitted = _fit(estimator, scaler, Z[train], target[train], seed=int(seed) * 1000 + d, n_jobs=n_jobs)
-        pred = fitted.predict(Z[test])
-        if estimator != "logistic":
-            pred = np.clip(pred, 0.0, 1.0)
-        for k, v in _scores(estimator, t_true, pred).items():
+    for d in draws:
+        for k, v in d.scores.items():
             scores.setdefault(k, []).append(v)
-        if fitted.alpha is not None:
-            alphas.append(fitted.alpha)
-        if fitted.note and fitted.note not in notes:
-            notes.append(fitted.note)
-        if d == 0:
-            first_train, first_test_pred = train, pred
-            if predict_all:
-                allp = np.clip(fitted.predict(Z), 0.0, 1.0)
-                first_all = np.where(finite_x, allp, np.nan)
-            else:
-                first_all = np.full(len(y), np.nan)
+        if d.note and d.note not in notes:
+            notes.append(d.note)
     if estimator == "logistic":
+        t_true = data.target(estimator)[data.test]
         n_pos = int(t_true.sum())
         if n_pos == 0 or n_pos == len(t_true):
             notes.append(f"the test set holds only {'present' if n_pos else 'absent'} chips at threshold "
-                         f"{presence_threshold:g}: F1 is not informative")
+                         f"{data.presence_threshold:g}: F1 is not informative")
+    first = draws[0]
     draw_scores = {k: np.asarray(v) for k, v in scores.items()}
     metrics = {k: (float(v.mean()), float(v.std())) for k, v in draw_scores.items()}
-    return ProbeResult(task=task, estimator=estimator, budget=budget, repeats=n_draws, metrics=metrics,
-                       draw_scores=draw_scores, n_train=n_train, n_pool=len(pool), n_test=len(test),
-                       pool_idx=pool, test_idx=test, train_idx=first_train, test_predictions=first_test_pred,
-                       all_predictions=first_all,
-                       presence_threshold=presence_threshold if estimator == "logistic" else None,
+    return ProbeResult(task=data.task, estimator=estimator, budget=budget, repeats=len(draws), metrics=metrics,
+                       draw_scores=draw_scores, n_train=len(first.train_idx), n_pool=len(data.pool),
+                       n_test=len(data.test), pool_idx=data.pool, test_idx=data.test, train_idx=first.train_idx,
+                       test_predictions=first.test_predictions,
+                       all_predictions=(first.all_predictions if first.all_predictions is not None
+                                        else np.full(len(data.y), np.nan)),
+                       presence_threshold=data.presence_threshold if estimator == "logistic" else None,
                        alphas=np.asarray(alphas) if alphas else None, notes=notes)
+
+
+def fit_prepared(data: ProbeData, estimator: str, budget: int | str | None, repeats: int, *, n_jobs: int = 2,
+                 predict_all: bool = True) -> ProbeResult:
+    """`fit_probe` on prepared inputs: every draw at `budget`, combined."""
+    _check_estimator(estimator)
+    budget = _check_budget(budget, len(data.pool))
+    trains = draw_train_sets(data, budget, repeats)
+    draws = [fit_draw(data, estimator, t, d, n_jobs=n_jobs, predict_all=predict_all and d == 0)
+             for d, t in enumerate(trains)]
+    return combine_draws(data, estimator, budget, draws)
+
+
+def fit_probe(X: np.ndarray, y: np.ndarray, *, task: str, estimator: str = "ridge", budget: int | str | None = None,
+              repeats: int = 10, seed: int = 0, pool: np.ndarray | None = None, test: np.ndarray | None = None,
+              presence_threshold: float = 0.05, test_fraction: float = 0.3, n_jobs: int = 2,
+              valid: np.ndarray | None = None, standardised: bool = False,
+              predict_all: bool = True) -> ProbeResult:
+    """Probe one task at one label budget: `repeats` random draws of `budget` pool chips, scored on the test set.
+
+    valid: optional bool [N], rows whose features mean something (e.g. the embedding's presence flag: a
+    chip without the modality has a zero vector, finite but meaningless). Invalid rows are treated like
+    rows with NaN features: left out of the split and the standardisation, and predicted as NaN.
+    standardised: X is already standardised (e.g. by `standardise`, once per feature set): skip it here.
+    predict_all: fill `all_predictions` (one extra prediction over every row); False leaves it all-NaN.
+    The steps (`prepare_probe`, `draw_train_sets`, `fit_draw`, `combine_draws`) let a caller cache or count draws.
+    """
+    _check_task(task)
+    _check_estimator(estimator)
+    data = prepare_probe(X, y, task=task, seed=seed, pool=pool, test=test, presence_threshold=presence_threshold,
+                         test_fraction=test_fraction, valid=valid,
+                         scale=PROBES[estimator].scaled and not standardised)
+    return fit_prepared(data, estimator, budget, repeats, n_jobs=n_jobs, predict_all=predict_all)
+
+
+def probe_summary(result: ProbeResult) -> ProbeResult:
+    """The result without its per-chip arrays (a learning-curve point: metrics, sizes, notes)."""
+    empty = np.zeros(0, dtype=np.int64)
+    return replace(result, pool_idx=empty, test_idx=empty, train_idx=empty, test_predictions=np.zeros(0),
+                   all_predictions=np.zeros(0))
 
 
 def budget_label(budget: int | None) -> str:
     """'all' for the full-label budget, else the number as text."""
     return "all" if budget is None else str(int(budget))
+
+
+def curve_table(full: ProbeResult, points: Sequence[ProbeResult], skipped: Sequence[int] = ()) -> pd.DataFrame:
+    """Tidy learning-curve table from the full-label probe and one probe per budget (see `learning_curve`)."""
+    rows = []
+    for res in points:
+        for name, (mean, std) in res.metrics.items():
+            ref = full.metrics[name][0]
+            ratio = mean / ref if abs(ref) > 1e-12 and (name == "mae" or ref > 0) else np.nan
+            rows.append({"budget": budget_label(res.budget), "n_train": res.n_train, "repeats": res.repeats,
+                         "metric": name, "mean": mean, "std": std, "full": ref, "ratio_to_full": ratio})
+    df = pd.DataFrame(rows, columns=["budget", "n_train", "repeats", "metric", "mean", "std", "full", "ratio_to_full"])
+    df.attrs.update(task=full.task, estimator=full.estimator, n_pool=full.n_pool, n_test=full.n_test,
+                    skipped=list(skipped), notes=list(full.notes))
+    return df
+
+
+def curve_budgets(budgets: Sequence[int | str | None], n_pool: int,
+                  skip_too_large: bool = True) -> tuple[list[int | None], list[int]]:
+    """(budgets to fit, budgets skipped as larger than the pool); 'all' becomes None."""
+    fit, skipped = [], []
+    for b in budgets:
+        b = None if b is None or (isinstance(b, str) and b.lower() == "all") else b
+        if b is not None and not isinstance(b, str) and b > n_pool and skip_too_large:
+            skipped.append(int(b))
+            continue
+        fit.append(b)
+    return fit, skipped
 
 
 def learning_curve(X: np.ndarray, y: np.ndarray, *, budgets: Sequence[int | str | None] = DEFAULT_BUDGETS,
@@ -509,22 +622,11 @@ def learning_curve(X: np.ndarray, y: np.ndarray, *, budgets: Sequence[int | str 
     if pool is None and test is None:
         finite_x = np.isfinite(X).all(axis=1) & (True if valid is None else np.asarray(valid, dtype=bool))
         pool, test = split_pool_test(len(y), np.isfinite(y) & finite_x, test_fraction=test_fraction, seed=seed)
-    kw = dict(task=task, estimator=estimator, repeats=repeats, seed=seed, pool=pool, test=test,
-              presence_threshold=presence_threshold, n_jobs=n_jobs, valid=valid)
-    full = fit_probe(X, y, budget=None, **kw)
-    rows, skipped = [], []
-    for b in budgets:
-        b = None if b is None or (isinstance(b, str) and b.lower() == "all") else b
-        if b is not None and not isinstance(b, str) and b > full.n_pool and skip_too_large:
-            skipped.append(int(b))
-            continue
-        res = full if b is None else fit_probe(X, y, budget=b, **kw)
-        for name, (mean, std) in res.metrics.items():
-            ref = full.metrics[name][0]
-            ratio = mean / ref if abs(ref) > 1e-12 and (name == "mae" or ref > 0) else np.nan
-            rows.append({"budget": budget_label(res.budget), "n_train": res.n_train, "repeats": res.repeats,
-                         "metric": name, "mean": mean, "std": std, "full": ref, "ratio_to_full": ratio})
-    df = pd.DataFrame(rows, columns=["budget", "n_train", "repeats", "metric", "mean", "std", "full", "ratio_to_full"])
-    df.attrs.update(task=task, estimator=estimator, n_pool=full.n_pool, n_test=full.n_test, skipped=skipped,
-                    notes=list(full.notes))
-    return df
+    data = prepare_probe(X, y, task=task, seed=seed, pool=pool, test=test, presence_threshold=presence_threshold,
+                         valid=valid, scale=PROBES[estimator].scaled)
+    # The curve reads metrics only: no prediction over every chip (the costly part at 150 K chips).
+    full = fit_prepared(data, estimator, None, repeats, n_jobs=n_jobs, predict_all=False)
+    fit, skipped = curve_budgets(budgets, full.n_pool, skip_too_large)
+    points = [full if b is None else fit_prepared(data, estimator, b, repeats, n_jobs=n_jobs, predict_all=False)
+              for b in fit]
+    return curve_table(full, points, skipped)
