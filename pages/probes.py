@@ -73,8 +73,8 @@ with page_guard("few-shot probes"):
         probing.ensure_drop_embeddings(ctx, model, spec["dropped_channels"])
     probing.ensure_random_init(ctx, model)
 
-    result = cache.probe(ctx.root, ctx.aoi, model, task=task, estimator=estimator, budget=budget, repeats=int(repeats), **spec)
-    full = cache.probe(ctx.root, ctx.aoi, model, task=task, estimator=estimator, budget=None, repeats=1, **spec)
+    result = probing.probe(ctx, model, task=task, estimator=estimator, budget=budget, repeats=int(repeats), spec=spec)
+    full = probing.probe(ctx, model, task=task, estimator=estimator, budget=None, repeats=1, spec=spec)
     probing.show_metrics(result, full, budget_label)
 
     # Logistic probes predict P(fraction > threshold), not the fraction: say so wherever predictions are shown.

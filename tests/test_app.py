@@ -550,33 +550,99 @@ def test_store_and_checkpoint_strings_show_literally(tmp_path, monkeypatch):
         assert r"\*\*bold\*\* \[x\]\(javascript\:alert\(1\)\) \<b\>html\<" in t
 
 
-def test_probes_learning_curves_report_progress_with_counts(app_ws, monkeypatch):
-    """The learning curves (the page's slowest step) show a progress bar that counts the curves, not a spinner."""
+def spy_progress(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Record the text of every st.progress bar (created or updated) while the real bars are drawn."""
     import streamlit as st
 
-    texts: list[str] = []
+    seen: list[str] = []
     real = st.progress
 
     class Bar:
         """The real bar, recording every text it is given."""
 
         def __init__(self, value, text):
-            texts.append(text or "")
+            seen.append(text or "")
             self._bar = real(value, text=text)
 
         def progress(self, value, text=None):
-            texts.append(text or "")
+            seen.append(text or "")
             return self._bar.progress(value, text=text)
 
         def empty(self):
             return self._bar.empty()
 
-    def spy(value=0, text=None):
-        return Bar(value, text)
+    monkeypatch.setattr(st, "progress", lambda value=0, text=None: Bar(value, text))
+    return seen
 
-    monkeypatch.setattr(st, "progress", spy)
+
+def test_probes_progress_counts_fits_and_repeats_and_cached_reruns_agree(own_ws, monkeypatch):
+    """The learning curves count estimator fits and the probe counts its repeats while they are fitted; a rerun
+    from the cache, and more repeats (only the new draws fitted), give the numbers core.probes gives."""
+    seen = spy_progress(monkeypatch)
     at = open_page("pages/probes.py")
+    # 100 chips: budgets 5, 10, 25, 50 x 5 repeats + all labels = 21 fits per curve, 3 curves
+    curves = [t for t in seen if t.startswith("Learning curves:")]
+    assert curves[0].startswith("Learning curves: 0 of 63 fits"), curves
+    assert any(re.match(r"Learning curves: \d+ of 63 fits \(budget 25 x 5 repeats, random-init embeddings\)", t)
+               for t in curves), curves
+    assert any("hand-crafted features" in t for t in curves) and "Learning curves: 63 of 63 fits" in curves[-1]
+    probe = [t for t in seen if t.startswith("Probe (ridge, 50 labels)")]
+    assert any("2 of 5 repeats fitted, now repeat 3" in t for t in probe), probe
+    assert not at.get("progress") or all(not p.proto.text for p in at.get("progress"))  # bars gone when done
+    first = _metric_values(at)
+
+    seen.clear()
+    at.run()  # everything is cached now: the same numbers
     assert_clean(at)
-    counted = [t for t in texts if t.startswith("Learning curves:")]
-    assert counted and "0 of 3 done" in counted[0], texts
-    assert any("random-init embeddings" in t for t in counted) and any("hand-crafted" in t for t in counted)
+    assert _metric_values(at) == first
+
+    at.number_input(key="probe_repeats").set_value(8).run()
+    assert_clean(at)
+    assert any("5 of 8 repeats fitted, now repeat 6" in t for t in seen), seen
+    eight = _metric_values(at)
+    assert eight["R²"] != first["R²"]
+
+    # The page's numbers are core.probes.fit_probe's on the same inputs (features, labels, blocked split).
+    from core.probes import fit_probe, probe_split
+    from core.representations import load_representation
+
+    ws = Workspace(own_ws)
+    rep = load_representation(ws, "conus", CHECKPOINT_NAME, "fused")
+    chips = ws.open_store("conus")
+    y = chips.labels("vegetation").astype(np.float64)
+    pool, test, _ = probe_split(chips.index["row"].to_numpy(), chips.index["col"].to_numpy(),
+                                np.isfinite(y) & rep.valid, seed=0)
+    ref = fit_probe(rep.X, y, task="vegetation", budget=50, repeats=8, seed=0, pool=pool, test=test, valid=rep.valid)
+    mean, std = ref.metrics["r2"]
+    assert eight["R²"] == f"{mean:.3f} ± {std:.3f}"
+
+
+def test_cached_probe_and_curve_equal_core_probes(app_ws):
+    """ui.cache.probe (cached per draw) and ui.cache.curve (per budget) return core.probes' results exactly."""
+    from core.probes import fit_probe, learning_curve, probe_split
+    from core.representations import load_representation
+    from ui import cache
+
+    ws = Workspace(app_ws)
+    rep = load_representation(ws, "south_america", CHECKPOINT_NAME, "random-init")
+    chips = ws.open_store("south_america")
+    y = chips.labels("vegetation").astype(np.float64)
+    pool, test, _ = probe_split(chips.index["row"].to_numpy(), chips.index["col"].to_numpy(),
+                                np.isfinite(y) & rep.valid, seed=0)
+    for estimator in ("ridge", "knn", "logistic"):
+        calls: list[tuple[int, int, str]] = []
+        got = cache.probe(str(app_ws), "south_america", CHECKPOINT_NAME, task="vegetation", estimator=estimator,
+                          budget=10, repeats=4, representation="random-init",
+                          progress=lambda *a: calls.append(a))
+        ref = fit_probe(rep.X, y, task="vegetation", estimator=estimator, budget=10, repeats=4, seed=0, pool=pool,
+                        test=test, valid=rep.valid)
+        assert [c[:2] for c in calls] == [(0, 4), (1, 4), (2, 4), (3, 4), (4, 4)]
+        assert got["metrics"] == ref.metrics
+        np.testing.assert_array_equal(got["all_predictions"], ref.all_predictions)
+        np.testing.assert_array_equal(got["train_idx"], ref.train_idx)
+        table = cache.curve(str(app_ws), "south_america", CHECKPOINT_NAME, task="vegetation", estimator=estimator,
+                            budgets=(5, 25, 500), repeats=3, representation="random-init")
+        ref_table = learning_curve(rep.X, y, task="vegetation", estimator=estimator, budgets=(5, 25, 500), repeats=3,
+                                   seed=0, pool=pool, test=test, valid=rep.valid)
+        pd.testing.assert_frame_equal(table, ref_table)
+        assert table.attrs["skipped"] == [500]

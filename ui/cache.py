@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import pandas as pd
 import streamlit as st
+from threadpoolctl import threadpool_limits
 
 from core import pipeline
 from core.checkpoint import read_model_card
@@ -23,7 +24,20 @@ from core.embeddings import EmbeddingError, Embeddings, load_embeddings, model_n
 from core.grid import ChipGrid
 from core.index import ChipIndex
 from core.mapping import fit_label_map, predict_other, suggest_next
-from core.probes import fit_probe, learning_curve, probe_split
+from core.probes import (
+    ProbeData,
+    ProbeDraw,
+    ProbeResult,
+    combine_draws,
+    curve_budgets,
+    curve_table,
+    draw_train_sets,
+    fit_draw,
+    fit_prepared,
+    prepare_probe,
+    probe_split,
+    probe_summary,
+)
 from core.project import project_joint, project_representation, umap_2d
 from core.representations import (
     RepresentationVectors,
@@ -309,48 +323,105 @@ def umap_representation(root: str, aoi: str, model: str, name: str) -> np.ndarra
 
 # Probes: results are small (metrics, a few arrays); the features behind them are found again from the
 # cache keys (AOI, model, representation, what is dropped), so a multi-MB matrix is never hashed per rerun.
-def _probe_inputs(root: str, aoi: str, model: str, name: str, dropped_modalities: tuple, dropped_channels: tuple,
-                  task: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """X, y, valid and the spatially blocked (pool, test) split of one probe."""
+# The unit of caching is one draw (the single probe) or one budget (a learning-curve point), so a page can
+# count them in a progress bar, and more repeats only fit the draws not made yet.
+PROBE_THREADS = 1
+"""BLAS/OpenMP threads (and random-forest jobs) per probe computation: several app sessions share few cores,
+and one thread each is fastest when none oversubscribes (as ui/search.py's REQUEST_THREADS)."""
+
+ProgressFn = Callable[[int, int, str], None]
+"""progress(done, total, what is fitted now): called before each unit of work and once when all is done."""
+
+
+def _probe_key(root: str, aoi: str, model: str, representation: str, dropped_modalities: tuple,
+               dropped_channels: tuple) -> tuple:
+    """The cache key of a probe's inputs: (root, AOI, model, representation, drops, stamp of the source files)."""
+    dm, dc = tuple(sorted(set(dropped_modalities))), tuple(sorted(set(dropped_channels)))
+    return root, aoi, model, representation, dm, dc, _representation_stamp(root, aoi, model, representation, dc)
+
+
+@st.cache_resource(max_entries=8, show_spinner=False)
+def _probe_data(root, aoi, model, name, dropped_modalities, dropped_channels, stamp, task) -> ProbeData:
     rep = representation(root, aoi, model, name, dropped_modalities, dropped_channels)
     chips = store(root, aoi)
     y = chips.labels(task).astype(np.float64)
     index = chips.index
     pool, test, _ = probe_split(index["row"].to_numpy(), index["col"].to_numpy(), np.isfinite(y) & rep.valid, seed=0)
-    return rep.X, y, rep.valid, pool, test
+    with threadpool_limits(limits=PROBE_THREADS):
+        return prepare_probe(rep.X, y, task=task, seed=0, pool=pool, test=test, valid=rep.valid)
 
 
-@st.cache_data(max_entries=256, show_spinner=False)
-def _probe(root, aoi, model, name, dropped_modalities, dropped_channels, task, estimator, budget, repeats, stamp):
-    x, y, valid, pool, test = _probe_inputs(root, aoi, model, name, dropped_modalities, dropped_channels, task)
-    r = fit_probe(x, y, task=task, estimator=estimator, budget=budget, repeats=repeats, seed=0, pool=pool, test=test,
-                  valid=valid)
-    return _probe_dict(r)  # fit_probe(valid=...) already leaves chips without input unpredicted
+@st.cache_data(max_entries=512, show_spinner=False)
+def _train_sets(root, aoi, model, name, dropped_modalities, dropped_channels, stamp, task, budget, repeats):
+    data = _probe_data(root, aoi, model, name, dropped_modalities, dropped_channels, stamp, task)
+    return draw_train_sets(data, budget, repeats)
+
+
+@st.cache_data(max_entries=4096, show_spinner=False)
+def _probe_draw(root, aoi, model, name, dropped_modalities, dropped_channels, stamp, task, estimator, draw, train,
+                predict_all) -> ProbeDraw:
+    data = _probe_data(root, aoi, model, name, dropped_modalities, dropped_channels, stamp, task)
+    with threadpool_limits(limits=PROBE_THREADS):
+        return fit_draw(data, estimator, np.asarray(train), draw, n_jobs=PROBE_THREADS, predict_all=predict_all)
 
 
 def probe(root: str, aoi: str, model: str, *, task: str, estimator: str, budget: int | None, repeats: int,
           representation: str = "fused", dropped_modalities: tuple[str, ...] = (),
-          dropped_channels: tuple[tuple[str, str], ...] = ()) -> dict[str, Any]:
-    """One few-shot probe (cached): metrics (mean, std) over repeats, test and full-AOI predictions."""
-    dm, dc = tuple(sorted(set(dropped_modalities))), tuple(sorted(set(dropped_channels)))
-    stamp = _representation_stamp(root, aoi, model, representation, dc)
-    return _probe(root, aoi, model, representation, dm, dc, task, estimator, budget, int(repeats), stamp)
+          dropped_channels: tuple[tuple[str, str], ...] = (), progress: ProgressFn | None = None) -> dict[str, Any]:
+    """One few-shot probe (cached per draw): metrics (mean, std) over repeats, test and full-AOI predictions.
+    `progress` counts the draws (repeats); the result equals core.probes.fit_probe's."""
+    key = _probe_key(root, aoi, model, representation, dropped_modalities, dropped_channels)
+    data = _probe_data(*key, task)
+    trains = _train_sets(*key, task, budget, 1 if budget is None else int(repeats))
+    draws = []
+    for d, train in enumerate(trains):
+        if progress is not None:
+            progress(d, len(trains), f"repeat {d + 1}")
+        # the first draw's map over every chip is drawn on the page; the other draws only score
+        draws.append(_probe_draw(*key, task, estimator, d, train, d == 0))
+    if progress is not None:
+        progress(len(trains), len(trains), "done")
+    return _probe_dict(combine_draws(data, estimator, budget, draws))
 
 
-@st.cache_data(max_entries=128, show_spinner=False)
-def _curve(root, aoi, model, name, dropped_modalities, dropped_channels, task, estimator, budgets, repeats, stamp):
-    x, y, valid, pool, test = _probe_inputs(root, aoi, model, name, dropped_modalities, dropped_channels, task)
-    return learning_curve(x, y, budgets=budgets, task=task, estimator=estimator, repeats=repeats, seed=0, pool=pool,
-                          test=test, valid=valid)
+@st.cache_data(max_entries=1024, show_spinner=False)
+def _curve_point(root, aoi, model, name, dropped_modalities, dropped_channels, stamp, task, estimator, budget,
+                 repeats) -> ProbeResult:
+    data = _probe_data(root, aoi, model, name, dropped_modalities, dropped_channels, stamp, task)
+    with threadpool_limits(limits=PROBE_THREADS):
+        result = fit_prepared(data, estimator, budget, repeats, n_jobs=PROBE_THREADS, predict_all=False)
+    return probe_summary(result)
+
+
+def curve_fits(n_budgets: int, repeats: int) -> int:
+    """Estimator fits of one learning curve: every budget x repeats, plus the full-label fit."""
+    return int(n_budgets) * int(repeats) + 1
 
 
 def curve(root: str, aoi: str, model: str, *, task: str, estimator: str, budgets: tuple, repeats: int,
           representation: str = "fused", dropped_modalities: tuple[str, ...] = (),
-          dropped_channels: tuple[tuple[str, str], ...] = ()) -> pd.DataFrame:
-    """Learning curve (score vs label budget) of one representation (cached; see core.probes.learning_curve)."""
-    dm, dc = tuple(sorted(set(dropped_modalities))), tuple(sorted(set(dropped_channels)))
-    stamp = _representation_stamp(root, aoi, model, representation, dc)
-    return _curve(root, aoi, model, representation, dm, dc, task, estimator, tuple(budgets), int(repeats), stamp)
+          dropped_channels: tuple[tuple[str, str], ...] = (), progress: ProgressFn | None = None) -> pd.DataFrame:
+    """Learning curve (score vs label budget) of one representation, cached per budget (the table of
+    core.probes.learning_curve). `progress` counts estimator fits (`curve_fits`), one budget at a time."""
+    key = _probe_key(root, aoi, model, representation, dropped_modalities, dropped_channels)
+    total = curve_fits(len(budgets), repeats)
+    if progress is not None:
+        progress(0, total, "all labels")
+    full = _curve_point(*key, task, estimator, None, 1)
+    fit, skipped = curve_budgets(budgets, full.n_pool)
+    done = 1 + len(skipped) * int(repeats)  # a budget above the pool is skipped: its fits count as done
+    points = []
+    for b in fit:
+        if b is not None:
+            if progress is not None:
+                progress(done, total, f"budget {b} x {int(repeats)} repeats")
+            points.append(_curve_point(*key, task, estimator, b, int(repeats)))
+            done += int(repeats)
+        else:
+            points.append(full)
+    if progress is not None:
+        progress(total, total, "done")
+    return curve_table(full, points, skipped)
 
 
 def _probe_dict(r: Any) -> dict[str, Any]:

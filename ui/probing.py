@@ -116,15 +116,20 @@ def curves(ctx: Any, model: str, task: str, estimator: str, repeats: int, spec: 
     others = ((("fused", "model embeddings (fused)"),) if rep != "fused" else ()) + (
         (RANDOM_INIT, "random-init embeddings"), (HAND_CRAFTED, "hand-crafted features"))
     jobs = [(None, mine), *others]
-    work = f"{len(budgets)} budgets x {repeats} repeats + all labels"
-    bar = st.progress(0.0, text=f"Learning curves: 0 of {len(jobs)} done ({work} each)")
+    per_curve = cache.curve_fits(len(budgets), repeats)
+    total = per_curve * len(jobs)
+    bar = st.progress(0.0, text=f"Learning curves: 0 of {total:,} fits ({len(jobs)} curves: {len(budgets)} budgets "
+                                f"x {repeats} repeats + all labels each)")
     frames = []
     for i, (name, label) in enumerate(jobs):
-        bar.progress(i / len(jobs), text=f"Learning curves: {i} of {len(jobs)} done; now {label} ({work})")
+        def show(done: int, _total: int, now: str, i: int = i, label: str = label) -> None:
+            count = i * per_curve + done
+            bar.progress(clamp_fraction(count / total),
+                         text=f"Learning curves: {count:,} of {total:,} fits ({now}, {label})")
         try:
             kw = spec if name is None else {"representation": name}
             table = cache.curve(ctx.root, ctx.aoi, model, task=task, estimator=estimator, budgets=budgets,
-                                repeats=repeats, **kw)
+                                repeats=repeats, progress=show, **kw)
         except UserError as e:
             if name is None:
                 raise
@@ -133,6 +138,22 @@ def curves(ctx: Any, model: str, task: str, estimator: str, repeats: int, spec: 
         frames.append(_curve_frame(table, label, metric))
     bar.empty()
     return pd.concat(frames, ignore_index=True), {"r2": "R²", "f1": "F1"}[metric]
+
+
+def probe(ctx: Any, model: str, *, task: str, estimator: str, budget: int | None, repeats: int,
+          spec: dict) -> dict:
+    """cache.probe with a progress bar counting its repeats while they are fitted (gone once done)."""
+    what = "all labels" if budget is None else f"{budget:,} labels"
+    bar = st.progress(0.0, text=f"Probe ({estimator}, {what}): fitting")
+
+    def show(done: int, total: int, now: str) -> None:
+        bar.progress(clamp_fraction(done / total),
+                     text=f"Probe ({estimator}, {what}): {done} of {total} repeats fitted" + ("" if now == "done" else f", now {now}"))
+
+    result = cache.probe(ctx.root, ctx.aoi, model, task=task, estimator=estimator, budget=budget, repeats=repeats,
+                         progress=show, **spec)
+    bar.empty()
+    return result
 
 
 def _field(result: dict, names: Sequence[str]) -> np.ndarray:
