@@ -9,7 +9,9 @@ recomputed. Writes are atomic (the array first, then its meta entry), so a crash
 entry pointing at a half-written array.
 
 UMAP compiles with numba on its first call in a process (tens of seconds); later calls are fast.
-With a `seed` UMAP runs single-threaded and is reproducible.
+With a `seed` UMAP runs single-threaded and is reproducible. Above `UMAP_FIT_SAMPLE` rows, UMAP is fitted
+on a seeded sample of that many rows and the others are placed with `transform`, in batches that a
+progress callback counts (the method and sample size are part of the cached projection's settings).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import numpy as np
 
 from data.atomic import atomic_write_bytes, atomic_write_json
 from core.embeddings import EmbeddingError, Embeddings, load_embeddings
+from core.progress import ProgressCallback
 from core.representations import load_representation
 from data.cli import KnownError
 from data.workspace import ALL_AOIS, SCENARIO_FULL, Workspace
@@ -35,6 +38,11 @@ FORMAT_VERSION = 1
 _SAFE_KEY = re.compile(r"^[A-Za-z0-9_.-]+$")
 MIN_POINTS = 4
 """UMAP needs a handful of points to build a neighbour graph; fewer is an error, not a silent layout."""
+UMAP_FIT_SAMPLE = 20_000
+"""Rows UMAP is fitted on at most (a seeded sample); the others are placed with `transform`. A full fit of
+150 K chips per AOI (750 K for five) takes far too long on 2 cores; the sample keeps the layout's shape."""
+TRANSFORM_BATCH = 10_000
+"""Rows placed per `transform` call: one progress step each."""
 
 
 class ProjectionError(KnownError, ValueError):
@@ -42,8 +50,13 @@ class ProjectionError(KnownError, ValueError):
 
 
 def umap_vectors(vectors: np.ndarray, *, present: np.ndarray | None = None, seed: int | None = 0,
-                 n_neighbors: int = 15, min_dist: float = 0.1, metric: str = "euclidean") -> np.ndarray:
-    """UMAP of `vectors [N, D]` -> float32 `[N, 2]`; rows with present False or non-finite values are NaN."""
+                 n_neighbors: int = 15, min_dist: float = 0.1, metric: str = "euclidean",
+                 fit_sample: int | None = None, progress_cb: ProgressCallback | None = None) -> np.ndarray:
+    """UMAP of `vectors [N, D]` -> float32 `[N, 2]`; rows with present False or non-finite values are NaN.
+
+    fit_sample: fit on a seeded sample of at most this many rows and `transform` the others (None: fit all).
+    progress_cb(fraction, message): called at each stage, counting the chips placed.
+    """
     v = np.asarray(vectors)
     if v.ndim != 2 or v.shape[1] < 1:
         raise ProjectionError(f"vectors must be a 2-D array [N, D], got shape {v.shape}")
@@ -57,13 +70,29 @@ def umap_vectors(vectors: np.ndarray, *, present: np.ndarray | None = None, seed
     if n_fit < MIN_POINTS:
         raise ProjectionError(f"only {n_fit} of {len(v)} rows are present with finite vectors; UMAP needs at least "
                               f"{MIN_POINTS} (embed the AOI with the modality present, or pick another key)")
+    if fit_sample is not None and int(fit_sample) < MIN_POINTS:
+        raise ProjectionError(f"fit_sample must be at least {MIN_POINTS} rows, got {fit_sample}")
+    report = progress_cb or (lambda fraction, message: None)
     import umap  # heavy import (numba): only when a projection is actually made
 
+    rows = np.flatnonzero(keep)
+    sampled = fit_sample is not None and n_fit > int(fit_sample)
+    fit_rows = np.sort(np.random.default_rng(seed).choice(rows, size=int(fit_sample), replace=False)) if sampled else rows
     # On L2-normalised embeddings Euclidean neighbours are cosine neighbours, and Euclidean is faster in numba.
-    reducer = umap.UMAP(n_components=2, n_neighbors=max(2, min(int(n_neighbors), n_fit - 1)), min_dist=float(min_dist),
-                        metric=metric, random_state=seed, n_jobs=1 if seed is not None else -1)
+    reducer = umap.UMAP(n_components=2, n_neighbors=max(2, min(int(n_neighbors), len(fit_rows) - 1)),
+                        min_dist=float(min_dist), metric=metric, random_state=seed,
+                        n_jobs=1 if seed is not None else -1)
     xy = np.full((len(v), 2), np.nan, dtype=np.float32)
-    xy[keep] = reducer.fit_transform(v[keep].astype(np.float32)).astype(np.float32)
+    report(0.0, f"fitting UMAP on {len(fit_rows):,} " + (f"sampled chips (of {n_fit:,})" if sampled else "chips"))
+    xy[fit_rows] = reducer.fit_transform(v[fit_rows].astype(np.float32)).astype(np.float32)
+    rest = np.setdiff1d(rows, fit_rows, assume_unique=True)
+    placed = len(fit_rows)
+    for a in range(0, len(rest), TRANSFORM_BATCH):
+        report(placed / n_fit, f"placed {placed:,} of {n_fit:,} chips")
+        batch = rest[a:a + TRANSFORM_BATCH]
+        xy[batch] = reducer.transform(v[batch].astype(np.float32)).astype(np.float32)
+        placed += len(batch)
+    report(1.0, f"placed {n_fit:,} of {n_fit:,} chips")
     return xy
 
 
@@ -105,9 +134,18 @@ def _read_meta(d: Path) -> dict:
         return {}  # no or corrupt meta: the cache is simply rebuilt
 
 
-def _params(seed: int | None, n_neighbors: int, min_dist: float) -> dict:
-    return {"seed": seed, "n_neighbors": int(n_neighbors), "min_dist": float(min_dist), "metric": "euclidean",
-            "format_version": FORMAT_VERSION}
+def fit_sample_for(n_rows: int) -> int | None:
+    """The sample UMAP is fitted on for `n_rows` rows: None (all of them) up to `UMAP_FIT_SAMPLE`."""
+    return UMAP_FIT_SAMPLE if n_rows > UMAP_FIT_SAMPLE else None
+
+
+def _params(seed: int | None, n_neighbors: int, min_dist: float, n_rows: int = 0) -> dict:
+    params = {"seed": seed, "n_neighbors": int(n_neighbors), "min_dist": float(min_dist), "metric": "euclidean",
+              "format_version": FORMAT_VERSION}
+    sample = fit_sample_for(n_rows)
+    if sample is not None:  # only then: projections of smaller AOIs made before sampling existed stay current
+        params.update(method="fit on a sample + transform", fit_sample=sample)
+    return params
 
 
 def projection_state(ws: Workspace, aoi: str, model_name: str, key: str = "fused", scenario: str = SCENARIO_FULL) -> tuple[str, str]:
@@ -122,7 +160,7 @@ def projection_state(ws: Workspace, aoi: str, model_name: str, key: str = "fused
         return "missing", "needs the embeddings first"
     if key not in emb_meta.get("keys", []):
         return "missing", f"the embeddings hold no {key!r} vectors"
-    if entry.get("fingerprint") != _embeddings_fingerprint(emb_meta) or entry.get("params") != _params(0, 15, 0.1):
+    if entry.get("fingerprint") != _embeddings_fingerprint(emb_meta) or entry.get("params") != _params(0, 15, 0.1, int(emb_meta.get("n_chips", 0))):
         return "stale", "the UMAP predates the current embeddings"
     return "built", f"UMAP of {entry.get('n_fitted', '?')} {key} embeddings"
 
@@ -148,12 +186,13 @@ def project_representation(ws: Workspace, aoi: str, model_name: str, name: str, 
 def project_aoi(ws: Workspace, aoi: str, model_name: str, key: str = "fused", scenario: str = SCENARIO_FULL, *,
                 vectors: np.ndarray | None = None, present: np.ndarray | None = None,
                 chip_ids: np.ndarray | None = None, embeddings: Embeddings | None = None, seed: int = 0, n_neighbors: int = 15, min_dist: float = 0.1,
-                recompute: bool = False) -> np.ndarray:
+                recompute: bool = False, progress_cb: ProgressCallback | None = None) -> np.ndarray:
     """Cached UMAP `[N, 2]` of one AOI's embeddings key (NaN rows where absent); recomputed when the source changed.
 
     By default the vectors come from `core.embed.load_embeddings`; pass `vectors` (and optionally
     `present`, `chip_ids`) to project a matrix directly, fingerprinted by its content; pass `embeddings`
-    (already loaded) to skip reading them again.
+    (already loaded) to skip reading them again. Above `UMAP_FIT_SAMPLE` rows UMAP is fitted on a sample and
+    the rest transformed (`umap_vectors`); `progress_cb(fraction, message)` follows it.
     """
     if embeddings is not None:
         vectors, present, fp = _from_embeddings(embeddings, aoi, model_name, key, scenario)
@@ -168,7 +207,7 @@ def project_aoi(ws: Workspace, aoi: str, model_name: str, key: str = "fused", sc
               "n": int(len(vectors)), "dim": int(vectors.shape[1]) if vectors.ndim == 2 else None}
         if chip_ids is not None and len(chip_ids) != len(vectors):
             raise ProjectionError(f"{len(chip_ids)} chip ids for {len(vectors)} vectors: pass one id per row")
-    params = _params(seed, n_neighbors, min_dist)
+    params = _params(seed, n_neighbors, min_dist, len(vectors))
     d = projection_dir(ws, aoi, model_name, scenario)
     if not _SAFE_KEY.match(key) or key in (".", ".."):
         raise ProjectionError(f"bad embeddings key {key!r}: use letters, digits, _ . - (e.g. fused, s2rgb)")
@@ -181,12 +220,13 @@ def project_aoi(ws: Workspace, aoi: str, model_name: str, key: str = "fused", sc
                 return xy
         except (OSError, ValueError):
             pass  # damaged cache file: recompute below
-    xy = umap_vectors(vectors, present=present, seed=seed, n_neighbors=n_neighbors, min_dist=min_dist)
+    xy = umap_vectors(vectors, present=present, seed=seed, n_neighbors=n_neighbors, min_dist=min_dist,
+                      fit_sample=fit_sample_for(len(vectors)), progress_cb=progress_cb)
     buf = io.BytesIO()
     np.save(buf, xy, allow_pickle=False)
     atomic_write_bytes(f, buf.getvalue())
     meta = _read_meta(d)  # re-read: another key may have been written meanwhile
-    meta[key] = {"fingerprint": fp, "params": params, "aoi": aoi, "model_name": model_name, "scenario": scenario,
+    meta[key] = {"fingerprint": fp, "params": params, "method": params.get("method", "fit on every chip"), "aoi": aoi, "model_name": model_name, "scenario": scenario,
                  "n_fitted": int(np.isfinite(xy[:, 0]).sum()), "umap_version": _umap_version(),
                  "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     atomic_write_json(d / "meta.json", meta)

@@ -6,10 +6,11 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
+from core.project import fit_sample_for
 from core.representations import availability, external_names
 from core.search import SPACES, space_name
 from data.modalities import LABEL_TASKS
-from ui import cache, charts, maps, state
+from ui import cache, charts, maps, rastermap, state
 from ui.errors import UserError, page_guard
 from ui.gallery import show_gallery
 from ui.text import md_escape
@@ -20,6 +21,8 @@ st.title("Embedding explorer")
 
 # At most this many points in the scatter (a seeded random sample beyond): a browser chart of 150 K points is sluggish.
 MAX_POINTS = 20_000
+# At most this many selected chips marked on the map (each mark is a DOM element).
+MAX_MARKS = 2_000
 
 
 with page_guard("embedding explorer"):
@@ -51,8 +54,15 @@ with page_guard("embedding explorer"):
         aois = [ctx.aoi] + [a for a in built if a != ctx.aoi]
         if len(built) < len(ctx.aois):
             st.caption(f"Not shown (no embeddings yet): {', '.join(a for a in ctx.aois if a not in built)}.")
-    stores = {a: cache.store(ctx.root, a) for a in aois}
-    embs = {a: (emb if a == ctx.aoi else cache.embeddings(ctx.root, a, model)) for a in aois}
+    stores, embs = {}, {}
+    reading = st.progress(0.0, text=f"Reading embeddings: 0 of {len(aois)} AOIs") if len(aois) > 1 else None
+    for i, a in enumerate(aois):
+        if reading is not None:
+            reading.progress(i / len(aois), text=f"Reading embeddings: {i} of {len(aois)} AOIs, now {a}")
+        stores[a] = cache.store(ctx.root, a)
+        embs[a] = emb if a == ctx.aoi else cache.embeddings(ctx.root, a, model)
+    if reading is not None:
+        reading.empty()
     # The points' presence: the chosen representation's valid flags (an external one has its own).
     present = {a: (cache.representation_embeddings(ctx.root, a, model, key).present[key] if external
                    else embs[a].present[key]) for a in aois}
@@ -62,15 +72,16 @@ with page_guard("embedding explorer"):
     color = c2.selectbox("Colour by", options, key="exp_color",
                          help="A label fraction of the chip, its AOI, or which modalities the chip has.")
     state.to_url(aoi=ctx.aoi, emb=key, color=color, scope=scope)
+    # The UMAP draws its own progress bar (stages, then chips placed); computed once, stored in the workspace.
     if len(aois) == 1:
-        with st.spinner("Computing the UMAP projection (once per AOI and embedding; stored in the workspace)…"):
-            xy = (cache.umap_representation(ctx.root, ctx.aoi, model, key) if external
-                  else cache.umap(ctx.root, ctx.aoi, model, key))
+        xy = (cache.umap_representation(ctx.root, ctx.aoi, model, key) if external
+              else cache.umap(ctx.root, ctx.aoi, model, key))
     else:
-        n_all = sum(len(embs[a]) for a in aois)
-        with st.spinner(f"Computing one UMAP of {n_all:,} chips from {len(aois)} AOIs (about a minute per 10,000 "
-                        "chips on 2 cores, once; then stored in the workspace)…"):
-            xy = cache.umap_joint(ctx.root, aois, model, key, external=external)
+        xy = cache.umap_joint(ctx.root, aois, model, key, external=external)
+    n_rows = sum(len(embs[a]) for a in aois)
+    if fit_sample_for(n_rows) is not None:
+        st.caption(f"UMAP fitted on a random {fit_sample_for(n_rows):,} of the {n_rows:,} chips; the others were "
+                   "placed with UMAP's transform (a full fit of this many chips takes far too long on a few cores).")
     frames = []
     for a in aois:
         e, st_a = embs[a], stores[a]
@@ -107,18 +118,17 @@ with page_guard("embedding explorer"):
     if selecting and not picked:
         st.info("0 selected: the box holds no chip" + (" of this AOI" if len(aois) > 1 else "")
                 + ". Drag it over some points, or double-click the chart to clear it.")
-    geometry = cache.geometry(ctx.root, ctx.aoi)
     task = color if color in known else (known[0] if known else None)
     values = store.labels(task) if task else np.full(len(store), np.nan)
-    scale = maps.color_scale(task or "water")
+    scale = maps.color_scale(task or "water", title=f"{task} fraction" if task else "value")
     positions = store.positions_of(picked) if picked else np.array([], dtype=np.int64)
-    outlines = maps.outline_records(geometry, positions[:2000].tolist(), maps.QUERY_RGBA, ["selected"] * min(len(positions), 2000))
     st.subheader(f"Selected chips: {len(picked):,}" if selecting else "Map")
-    deck = maps.chip_deck(geometry, values, scale, value_name=f"{task} fraction" if task else "value", highlights=outlines)
-    st.pydeck_chart(deck, height=460, key="exp_map")
-    if task:
-        st.altair_chart(charts.colorbar_chart(scale, task, "share of the chip", "no label for the chip", percent=True),
-                        width="content")
+    # A raster, one pixel per chip (ui/rastermap.py): the same cost at 150 K chips as at 2 K, unlike polygons.
+    marks = maps.chip_marks(cache.grid(ctx.root, ctx.aoi), positions[:MAX_MARKS], "selected")
+    shown = f"the first {MAX_MARKS:,} of {len(positions):,} selected chips marked" if len(positions) > MAX_MARKS else ""
+    rastermap.score_map(cache.grid(ctx.root, ctx.aoi), values, scale, units="share of the chip", key="exp_map",
+                        marks=marks, height=460, note=shown)
+    st.caption("Grey: no label for the chip." + (" Orange squares: the chips selected in the UMAP." if picked else ""))
     if picked:
         sel = pd.DataFrame({"aoi": ctx.aoi, "chip_id": picked[:8], "position": positions[:8], "rank": np.arange(1, min(8, len(picked)) + 1)})
         sel["score"] = np.nan

@@ -646,3 +646,62 @@ def test_cached_probe_and_curve_equal_core_probes(app_ws):
                                    seed=0, pool=pool, test=test, valid=rep.valid)
         pd.testing.assert_frame_equal(table, ref_table)
         assert table.attrs["skipped"] == [500]
+
+
+def select_in_umap(at: AppTest, chip_ids: list[str]) -> AppTest:
+    """Send what clicking points in the explorer's UMAP sends: the selected points' fields."""
+    from ui import charts
+
+    chart = at.get("vega_lite_chart")[0]
+    states = at._tree.get_widget_states()
+    w = states.widgets.add()
+    w.id = chart.proto.id
+    w.string_value = json.dumps({"selection": {charts.POINT_SELECTION: [{"chip_id": c} for c in chip_ids]}})
+    at._run(states)
+    assert_clean(at)
+    return at
+
+
+def test_explorer_map_is_a_raster_with_the_selected_chips_marked(app_ws):
+    """The explorer's map is the score raster (one pixel per chip, like the probes map), the UMAP's selected
+    chips marked on it; nothing is drawn as polygons."""
+    at = open_page("pages/explorer.py")
+    assert not at.get("deck_gl_json_chart"), "the explorer map should be a raster, not a pydeck polygon map"
+    data = score_map_data(at)
+    store = Workspace(app_ws).open_store("conus")
+    assert (data["rows"], data["cols"]) == (10, 10) and data["marks"] == []
+    assert data["legend"]["units"] == "share of the chip" and "vegetation" in data["legend"]["title"]
+    picked = store.index["chip_id"].tolist()[:3]
+    select_in_umap(at, picked)
+    data = score_map_data(at)
+    assert [m["kind"] for m in data["marks"]] == ["selected"] * 3
+    want = {(int(r) - data["row0"], int(c) - data["col0"])
+            for r, c in store.index.set_index("chip_id").loc[picked, ["row", "col"]].itertuples(index=False)}
+    assert {(m["r"], m["c"]) for m in data["marks"]} == want
+    assert any("Selected chips: 3" in t for t in texts(at.subheader))
+
+
+def test_explorer_all_aois_umap_counts_progress_and_samples_large_sets(own_ws, monkeypatch):
+    """All AOIs: reading the embeddings is counted per AOI and, above the fit sample (here shrunk to 60 chips),
+    UMAP is fitted on a sample and the other chips placed with transform, the bar counting them; stored with
+    the method and sample size, and said in a caption."""
+    from core import project
+
+    monkeypatch.setattr(project, "UMAP_FIT_SAMPLE", 60)
+    monkeypatch.setattr(project, "TRANSFORM_BATCH", 50)
+    seen = spy_progress(monkeypatch)
+    at = open_page("pages/explorer.py")
+    assert any(t.startswith("UMAP of conus (fused): placed 60 of 100 chips") for t in seen), seen
+    seen.clear()
+    at.radio(key="exp_scope").set_value("all AOIs").run()
+    assert_clean(at)
+    assert "Reading embeddings: 1 of 2 AOIs, now south_america" in seen, seen
+    placed = [t for t in seen if t.startswith("UMAP of 2 AOIs (fused): placed")]
+    assert placed[:3] == [f"UMAP of 2 AOIs (fused): placed {n} of 200 chips" for n in (60, 110, 160)], seen
+    assert placed[-1] == "UMAP of 2 AOIs (fused): placed 200 of 200 chips"
+    assert any("UMAP fitted on a random 60 of the 200 chips" in t for t in texts(at.caption))
+    folder = Workspace(own_ws).artifact_dir("projections", "all-aois") / CHECKPOINT_NAME / "full"
+    entry = json.loads((folder / "meta.json").read_text())["fused"]
+    assert entry["params"]["fit_sample"] == 60 and entry["method"] == "fit on a sample + transform"
+    xy = np.load(folder / "fused.npy")
+    assert xy.shape == (200, 2) and np.isfinite(xy).sum() > 150

@@ -106,3 +106,35 @@ def test_project_representation_of_external_embeddings(tmp_path):
     d = np.linalg.norm(xy[1:, None] - xy[None, 1:], axis=-1)
     np.fill_diagonal(d, np.inf)
     assert (labels[1:][d.argmin(axis=1)] == labels[1:]).mean() > 0.9
+
+
+def test_large_sets_fit_umap_on_a_seeded_sample_and_transform_the_rest(tmp_path, monkeypatch):
+    """Above UMAP_FIT_SAMPLE rows: fit on a seeded sample, place the others with transform in counted batches;
+    the same layout twice; the cached projection records the method and goes stale when the sample size changes."""
+    x, _ = clustered()
+    present = np.ones(N, dtype=bool)
+    present[:10] = False
+    seen: list[tuple[float, str]] = []
+    a = project.umap_vectors(x, present=present, seed=0, fit_sample=100, progress_cb=lambda f, m: seen.append((f, m)))
+    b = project.umap_vectors(x, present=present, seed=0, fit_sample=100)
+    np.testing.assert_array_equal(a, b)
+    assert np.isnan(a[:10]).all() and np.isfinite(a[10:]).all()
+    assert seen[0] == (0.0, f"fitting UMAP on 100 sampled chips (of {N - 10})")
+    monkeypatch.setattr(project, "TRANSFORM_BATCH", 100)
+    seen.clear()
+    project.umap_vectors(x, present=present, seed=0, fit_sample=100, progress_cb=lambda f, m: seen.append((f, m)))
+    assert [m for _, m in seen[1:]] == [f"placed {n} of 290 chips" for n in (100, 200, 290)]
+    assert [round(f, 3) for f, _ in seen[1:]] == [round(100 / 290, 3), round(200 / 290, 3), 1.0]
+
+    ws = Workspace(tmp_path)
+    write_embeddings(ws, x, present, "2026-01-01T00:00:00+00:00")
+    meta = ws.artifact_dir("embeddings", "aoi1", "tiny-sim", "full") / "meta.json"
+    meta.write_text(json.dumps({**json.loads(meta.read_text()), "n_chips": N}))  # as core.embed writes it
+    assert project.project_aoi(ws, "aoi1", "tiny-sim", "fused").shape == (N, 2)   # N <= the default sample: all fitted
+    assert project.projection_state(ws, "aoi1", "tiny-sim", "fused")[0] == "built"
+    monkeypatch.setattr(project, "UMAP_FIT_SAMPLE", 120)
+    assert project.projection_state(ws, "aoi1", "tiny-sim", "fused")[0] == "stale"      # the method changed
+    project.project_aoi(ws, "aoi1", "tiny-sim", "fused")
+    entry = json.loads((project.projection_dir(ws, "aoi1", "tiny-sim") / "meta.json").read_text())["fused"]
+    assert entry["params"]["fit_sample"] == 120 and entry["method"] == "fit on a sample + transform"
+    assert project.projection_state(ws, "aoi1", "tiny-sim", "fused")[0] == "built"

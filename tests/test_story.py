@@ -223,8 +223,9 @@ def test_explorer_has_no_developer_note_a_map_legend_and_a_selection_per_aoi(ws)
     at = open_page("pages/explorer.py")
     shown = texts(at.markdown) + texts(at.caption)
     assert not any("seeded sample" in t or "sluggish" in t for t in shown)
-    bar = next(s for s in _specs(at) if "grey: " in s)
-    assert "share of the chip" in bar and "no label for the chip" in bar
+    legend = json.loads(at.get("bidi_component")[0].proto.json)["legend"]  # the raster map's colour bar
+    assert legend["units"] == "share of the chip" and legend["ticks"]
+    assert any("Grey: no label for the chip." in t for t in texts(at.caption))
     scatter_id = at.get("vega_lite_chart")[0].proto.id
     assert "exp_chart_conus" in scatter_id  # the selection belongs to this AOI's chart
 

@@ -54,6 +54,11 @@ from ui.errors import UserError
 from ui.maps import ChipGeometry
 
 
+PROBE_THREADS = 1
+"""BLAS/OpenMP threads (and random-forest jobs) per probe or UMAP computation: several app sessions share few
+cores, and one thread each is fastest when none oversubscribes (as ui/search.py's REQUEST_THREADS)."""
+
+
 def _mtime(path: Path) -> float:
     try:
         return path.stat().st_mtime
@@ -228,9 +233,20 @@ def model_card(path: "str | Path") -> dict[str, Any]:
 
 
 # ----------------------------------------------------------------------------------------- projections, probes
+def _umap_progress(what: str) -> tuple[Any, Callable[[float, str], None]]:
+    """A progress bar for a UMAP, and core.project's callback that moves it. Made inside the cached function, so
+    Streamlit replays it (already finished and emptied) on a cache hit."""
+    bar = st.progress(0.0, text=f"UMAP of {what}: checking the workspace for a stored projection")
+    return bar, lambda f, m: bar.progress(min(max(float(f), 0.0), 1.0), text=f"UMAP of {what}: {m}")
+
+
 @st.cache_data(max_entries=32, show_spinner=False)
 def _umap(root: str, aoi: str, model: str, key: str, emb_stamp: float) -> np.ndarray:
-    return umap_2d(Workspace(root), aoi, model, key=key)
+    bar, report = _umap_progress(f"{aoi} ({key})")
+    with threadpool_limits(limits=PROBE_THREADS):
+        xy = umap_2d(Workspace(root), aoi, model, key=key, progress_cb=report)
+    bar.empty()
+    return xy
 
 
 def umap(root: str, aoi: str, model: str, key: str) -> np.ndarray:
@@ -245,7 +261,11 @@ def _umap_joint(root: str, aois: tuple[str, ...], model: str, key: str, stamps: 
         embs = {a: _representation_embeddings(root, a, model, key, s) for a, s in zip(aois, stamps)}
     else:
         embs = {a: _embeddings(root, a, model, SCENARIO_FULL, s) for a, s in zip(aois, stamps)}
-    return project_joint(Workspace(root), embs, model, key)
+    bar, report = _umap_progress(f"{len(aois)} AOIs ({key})")
+    with threadpool_limits(limits=PROBE_THREADS):
+        xy = project_joint(Workspace(root), embs, model, key, progress_cb=report)
+    bar.empty()
+    return xy
 
 
 def umap_joint(root: str, aois: "list[str] | tuple[str, ...]", model: str, key: str, external: bool = False) -> np.ndarray:
@@ -312,7 +332,11 @@ def representation_index(root: str, aoi: str, model: str, name: str) -> ChipInde
 
 @st.cache_data(max_entries=32, show_spinner=False)
 def _umap_representation(root: str, aoi: str, model: str, name: str, stamp: tuple) -> np.ndarray:
-    return project_representation(Workspace(root), aoi, model, name)
+    bar, report = _umap_progress(f"{aoi} ({name})")
+    with threadpool_limits(limits=PROBE_THREADS):
+        xy = project_representation(Workspace(root), aoi, model, name, progress_cb=report)
+    bar.empty()
+    return xy
 
 
 def umap_representation(root: str, aoi: str, model: str, name: str) -> np.ndarray:
@@ -325,10 +349,6 @@ def umap_representation(root: str, aoi: str, model: str, name: str) -> np.ndarra
 # cache keys (AOI, model, representation, what is dropped), so a multi-MB matrix is never hashed per rerun.
 # The unit of caching is one draw (the single probe) or one budget (a learning-curve point), so a page can
 # count them in a progress bar, and more repeats only fit the draws not made yet.
-PROBE_THREADS = 1
-"""BLAS/OpenMP threads (and random-forest jobs) per probe computation: several app sessions share few cores,
-and one thread each is fastest when none oversubscribes (as ui/search.py's REQUEST_THREADS)."""
-
 ProgressFn = Callable[[int, int, str], None]
 """progress(done, total, what is fitted now): called before each unit of work and once when all is done."""
 

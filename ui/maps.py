@@ -502,9 +502,10 @@ def legend_spec(scale: ColorScale, units: str, n_ticks: int = 5) -> dict:
             "nan": "rgb({},{},{})".format(*NAN_RGBA[:3])}
 
 
-MARK_KINDS = ("query", "result", "positive", "negative", "label", "suggested", "clicked")
+MARK_KINDS = ("query", "result", "positive", "negative", "label", "suggested", "clicked", "selected")
 """Kinds of chip marks drawn over a score raster: query blue, results black, positives green, negatives red;
-labelled chips filled in their class colour (`color`), suggested chips dashed cyan, the last clicked chip magenta."""
+labelled chips filled in their class colour (`color`), suggested chips dashed cyan, the last clicked chip magenta;
+selected orange (the explorer's chips picked in the UMAP)."""
 
 
 def chip_marks(grid: ChipGrid, positions: Sequence[int], kind: str, labels: Sequence[str] | None = None,

@@ -43,6 +43,7 @@ _CSS = """
 .eo-mark.result { border: 2px solid rgb(20,20,20); box-shadow: 0 0 0 1px #fff; z-index: 2; }
 .eo-mark.positive { border: 2px solid rgb(0,170,80); background: rgba(0,170,80,0.35); z-index: 2; }
 .eo-mark.negative { border: 2px solid rgb(220,30,30); background: rgba(220,30,30,0.35); z-index: 2; }
+.eo-mark.selected { border: 2px solid rgb(255,140,0); z-index: 2; }
 .eo-mark.pending { border: 2px dashed rgb(255,0,255); z-index: 4; }
 .eo-mark.label { border: 2px solid rgb(90,90,90); background: rgba(90,90,90,0.35); z-index: 2; }
 .eo-mark.label span { display: none; }
@@ -174,6 +175,7 @@ export default function (component) {
       : `border:2px solid rgb(${rgb});background:rgba(${rgb},0.35)`;
     keys.push(`<i style="${style}"></i>${esc(k.text)}`);
   }
+  if (kinds.has('selected')) keys.push('<i style="border:2px solid rgb(255,140,0)"></i>selected');
   root.querySelector('.eo-keys').innerHTML = keys.join('') + (data.note ? ` · ${data.note}` : '');
 }
 """
