@@ -33,8 +33,9 @@ bench: $(STAMP)
 	$(BIN)/python -m benchmarks.bench_simulate
 
 # Paper scale: one SIMULATED AOI of 387 x 387 = 149,769 chips of 16 px (conus), built, embedded and indexed in
-# its own workspace, then opened in the app. Measured here (2 shared cores, busy): ~35 min to simulate, then the
-# embeddings at 17-52 chips/s (Zarr reads of one-chip chunks dominate), i.e. 50 min to 2.5 h.
+# its own workspace, then opened in the app. Measured here: ~35 min to simulate (2 busy shared cores); embedding
+# with a 16 px model runs at ~700 chips/s on 2 quiet cores (~4 min per scenario) and 17-130 chips/s while the cores
+# are shared with test suites (19 min to 2.5 h).
 DEMO_150K := workspace/demo-150k
 demo-150k: $(STAMP)
 	$(BIN)/python -m core.pipeline build --workspace $(DEMO_150K) --aoi conus --chips-per-aoi 149769 --chip-size 16 \

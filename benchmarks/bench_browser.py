@@ -103,7 +103,7 @@ async def metrics_text(page: Page) -> str:
     return " | ".join(await page.locator("[data-testid='stMetricValue']").all_inner_texts())
 
 
-async def slider_to_metrics(page: Page, url: str, steps: int = 3, timeout_ms: int = 300_000) -> dict:
+async def slider_to_metrics(page: Page, url: str, steps: int = 3, timeout_ms: int = 900_000) -> dict:
     """The probes page: seconds to first metrics, then per budget-slider step until the metrics change."""
     t0 = time.perf_counter()
     await page.goto(url + "/probes", wait_until="domcontentloaded")
