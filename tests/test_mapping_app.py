@@ -29,7 +29,7 @@ from core.model import ModelConfig, MultiModalViT
 from data.labelsets import load_label_set, list_label_sets
 from data.simulate import simulate_store
 from data.workspace import Workspace
-from tests.test_app import gallery_rows
+from tests.test_app import click_score_map as click_at, gallery_rows
 
 REPO = Path(__file__).resolve().parents[1]
 APP = str(REPO / "app.py")
@@ -76,19 +76,6 @@ def open_mapping(query_params: dict | None = None) -> AppTest:
         at.query_params.update(query_params)
     at.run()
     at.switch_page(PAGE).run()
-    assert_clean(at)
-    return at
-
-
-def click_at(at: AppTest, u: float, v: float) -> AppTest:
-    """Send what a click on the raster map sends: where it landed on the image (fractions across, down)."""
-    comps = at.get("bidi_component")
-    assert len(comps) == 1, "the page should draw exactly one map"
-    states = at._tree.get_widget_states()
-    w = states.widgets.add()
-    w.id = f"$$STREAMLIT_INTERNAL_KEY_{comps[0].proto.id}__events"
-    w.json_trigger_value = json.dumps([{"event": "click", "value": {"u": u, "v": v}}])
-    at._run(states)
     assert_clean(at)
     return at
 

@@ -193,8 +193,8 @@ def show_results(root: str, aoi: str, result: SearchResult, modalities: Sequence
     frame = export.results_frame(table, {a: s.index for a, s in stores.items()})
     kinds = {a: ("simulated" if s.meta.simulated else "real") for a, s in stores.items()}
     shown = frame.drop(columns="geometry").assign(kind=frame["aoi"].map(kinds)).drop(columns=["simulated"])
-    # A static table, not st.dataframe: at most 50 rows need no scrolling grid, and the grid's canvas was a large
-    # share of the browser's work per click when ten sessions search at once (benchmarks/bench_browser.py).
+    # A static table, not st.dataframe: at most 50 rows need no scrolling canvas grid, which is heavier for a browser
+    # to redraw on every click (ten sessions clicking at once share the server's cores with their browsers here).
     fractions = [t for t in LABEL_TASKS if t in shown.columns]
     st.table(shown.style.format({"score": "{:.3f}", **{t: "{:.2f}" for t in fractions}}, na_rep="n/a"),
              hide_index=True, border="horizontal")
