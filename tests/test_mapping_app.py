@@ -39,18 +39,23 @@ CHECKPOINT_NAME = "test-tiny"
 TIMEOUT = 120
 
 
-@pytest.fixture(scope="module")
-def template_ws(tmp_path_factory) -> Path:
-    """Built once: 1 SIMULATED AOI of 100 chips, an untrained tiny checkpoint, embeddings and indexes."""
+def build_workspace(root: Path, side: int, blocks: int, chip_size: int, steps: list[str]) -> Path:
+    """1 SIMULATED AOI of side x side chips, an untrained tiny checkpoint, and the pipeline `steps` built."""
     torch.set_num_threads(1)
-    ws = Workspace(tmp_path_factory.mktemp("mapws"))
-    simulate_store(ws.store_path(AOI), AOI, 10, 10, 1, chip_size=32, progress=False)
+    ws = Workspace(root)
+    simulate_store(ws.store_path(AOI), AOI, side, side, blocks, chip_size=chip_size, progress=False)
     cfg = ModelConfig(name=CHECKPOINT_NAME, chip_size=32, patch_size=8, width=32, depth=1, heads=2, embed_dim=32)
     torch.manual_seed(0)
     ckpt = ws.root / "checkpoints" / CHECKPOINT_NAME
     save_checkpoint(ckpt, MultiModalViT(cfg), cfg, meta={"simulated_training_data": True, "step": 0})
-    pipeline.build(ws, [AOI], ["store", "embeddings", "index"], checkpoint=ckpt, progress=False)
+    pipeline.build(ws, [AOI], steps, checkpoint=ckpt, progress=False)
     return ws.root
+
+
+@pytest.fixture(scope="module")
+def template_ws(tmp_path_factory) -> Path:
+    """Built once: 1 SIMULATED AOI of 100 chips, an untrained tiny checkpoint, embeddings and indexes."""
+    return build_workspace(tmp_path_factory.mktemp("mapws"), 10, 1, 32, ["store", "embeddings", "index"])
 
 
 @pytest.fixture
@@ -287,15 +292,7 @@ def test_labels_without_features_in_a_modality_warn_and_keep_the_map(ws):
 @pytest.fixture(scope="module")
 def big_ws(tmp_path_factory) -> Path:
     """1 SIMULATED AOI of 45 x 45 = 2,025 chips of 16 px (the size at which deck.gl picking dropped clicks)."""
-    torch.set_num_threads(1)
-    ws = Workspace(tmp_path_factory.mktemp("bigmapws"))
-    simulate_store(ws.store_path(AOI), AOI, 45, 45, 3, chip_size=16, progress=False)
-    cfg = ModelConfig(name=CHECKPOINT_NAME, chip_size=32, patch_size=8, width=32, depth=1, heads=2, embed_dim=32)
-    torch.manual_seed(0)
-    ckpt = ws.root / "checkpoints" / CHECKPOINT_NAME
-    save_checkpoint(ckpt, MultiModalViT(cfg), cfg, meta={"simulated_training_data": True, "step": 0})
-    pipeline.build(ws, [AOI], ["store", "embeddings"], checkpoint=ckpt, progress=False)
-    return ws.root
+    return build_workspace(tmp_path_factory.mktemp("bigmapws"), 45, 3, 16, ["store", "embeddings"])
 
 
 def test_a_click_on_a_2000_chip_map_labels_exactly_the_chip_under_it(big_ws, monkeypatch):
