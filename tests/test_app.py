@@ -603,32 +603,34 @@ def test_probes_progress_counts_fits_and_repeats_and_cached_reruns_agree(own_ws,
     assert eight["R²"] != first["R²"]
 
     # The page's numbers are core.probes.fit_probe's on the same inputs (features, labels, blocked split).
-    from core.probes import fit_probe, probe_split
-    from core.representations import load_representation
+    from core.probes import fit_probe
 
-    ws = Workspace(own_ws)
-    rep = load_representation(ws, "conus", CHECKPOINT_NAME, "fused")
-    chips = ws.open_store("conus")
-    y = chips.labels("vegetation").astype(np.float64)
-    pool, test, _ = probe_split(chips.index["row"].to_numpy(), chips.index["col"].to_numpy(),
-                                np.isfinite(y) & rep.valid, seed=0)
+    rep, y, pool, test = _probe_inputs(own_ws, "conus", "fused")
     ref = fit_probe(rep.X, y, task="vegetation", budget=50, repeats=8, seed=0, pool=pool, test=test, valid=rep.valid)
     mean, std = ref.metrics["r2"]
     assert eight["R²"] == f"{mean:.3f} ± {std:.3f}"
 
 
-def test_cached_probe_and_curve_equal_core_probes(app_ws):
-    """ui.cache.probe (cached per draw) and ui.cache.curve (per budget) return core.probes' results exactly."""
-    from core.probes import fit_probe, learning_curve, probe_split
+def _probe_inputs(root: Path, aoi: str, representation: str):
+    """What the probes page fits on for the vegetation task: (representation, labels, pool, test) as the page splits them."""
+    from core.probes import probe_split
     from core.representations import load_representation
-    from ui import cache
 
-    ws = Workspace(app_ws)
-    rep = load_representation(ws, "south_america", CHECKPOINT_NAME, "random-init")
-    chips = ws.open_store("south_america")
+    ws = Workspace(root)
+    rep = load_representation(ws, aoi, CHECKPOINT_NAME, representation)
+    chips = ws.open_store(aoi)
     y = chips.labels("vegetation").astype(np.float64)
     pool, test, _ = probe_split(chips.index["row"].to_numpy(), chips.index["col"].to_numpy(),
                                 np.isfinite(y) & rep.valid, seed=0)
+    return rep, y, pool, test
+
+
+def test_cached_probe_and_curve_equal_core_probes(app_ws):
+    """ui.cache.probe (cached per draw) and ui.cache.curve (per budget) return core.probes' results exactly."""
+    from core.probes import fit_probe, learning_curve
+    from ui import cache
+
+    rep, y, pool, test = _probe_inputs(app_ws, "south_america", "random-init")
     for estimator in ("ridge", "knn", "logistic"):
         calls: list[tuple[int, int, str]] = []
         got = cache.probe(str(app_ws), "south_america", CHECKPOINT_NAME, task="vegetation", estimator=estimator,
