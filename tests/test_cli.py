@@ -164,8 +164,8 @@ def test_killed_runs_temp_folders_are_cleaned_by_the_next_run(tmp_path):
     legacy_old.mkdir(), legacy_new.mkdir()
     os.utime(legacy_old, (time.time() - 2 * 86400,) * 2)
     time.sleep(0.05)
-    with ws.lock("next run"):
-        pass
+    with ws.lock("next run"):  # taking the writer lock is what sweeps the killed runs' temps
+        assert ws.lock_path.is_file()
     assert not orphan.exists() and not orphan_file.exists() and not legacy_old.exists()
     assert live.exists() and work.is_dir() and legacy_new.exists()
 

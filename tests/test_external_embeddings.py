@@ -260,15 +260,21 @@ def test_bad_inputs_exit_2_with_one_line(ws, tmp_path, capsys):
 
 
 # ----------------------------------------------------------------------------------------- app
-def test_similarity_page_searches_an_external_representation(ws, tmp_path, monkeypatch):
+def _open_with_alphaearth(ws, tmp_path, monkeypatch, page: str) -> AppTest:
+    """Ingest an AlphaEarth tile into the workspace, then open the app on `page` like a browser session."""
     path, _, _ = _alphaearth(ws, tmp_path)
     ingest_embeddings(ws, AOI, "alphaearth", [path], product="alphaearth")
     monkeypatch.setenv("EO_WORKSPACE", str(ws.root))
     monkeypatch.setenv("EO_CHECKPOINT", MODEL)
     at = AppTest.from_file(str(REPO / "app.py"), default_timeout=120)
     at.run()
-    at.switch_page("pages/similarity.py")
+    at.switch_page(page)
     at.run()
+    return at
+
+
+def test_similarity_page_searches_an_external_representation(ws, tmp_path, monkeypatch):
+    at = _open_with_alphaearth(ws, tmp_path, monkeypatch, "pages/similarity.py")
     assert not at.exception, [e.value for e in at.exception]
     at.selectbox(key="sim_query_space").select("alphaearth").run()
     chip = str(read_external(ws, AOI, "alphaearth").chip_ids[5])
@@ -288,14 +294,7 @@ def test_similarity_page_searches_an_external_representation(ws, tmp_path, monke
 
 
 def test_probes_and_mapping_pages_use_an_external_representation(ws, tmp_path, monkeypatch):
-    path, _, _ = _alphaearth(ws, tmp_path)
-    ingest_embeddings(ws, AOI, "alphaearth", [path], product="alphaearth")
-    monkeypatch.setenv("EO_WORKSPACE", str(ws.root))
-    monkeypatch.setenv("EO_CHECKPOINT", MODEL)
-    at = AppTest.from_file(str(REPO / "app.py"), default_timeout=120)
-    at.run()
-    at.switch_page("pages/probes.py")
-    at.run()
+    at = _open_with_alphaearth(ws, tmp_path, monkeypatch, "pages/probes.py")
     at.selectbox(key="probe_rep").select("alphaearth").run()
     assert not at.exception, [e.value for e in at.exception]
     assert not at.error, [e.value for e in at.error]
